@@ -1,0 +1,3 @@
+"""zraft: Raft consensus for Python."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""The Raft algorithm as a pure, deterministic state machine (no I/O, no clocks, no threads)."""
+
+from zraft.core.types import *  # noqa: F403

@@ -1,0 +1,1 @@
+"""Testing support shipped with zraft: the cluster simulator, history recording, checkers."""
