@@ -1,0 +1,159 @@
+"""Embedding zraft.Node in-process with custom state machines, threads and asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import zraft
+from zraft.launcher import free_ports
+
+pytestmark = pytest.mark.process
+
+
+class Counter(zraft.StateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    @zraft.command
+    def add(self, n: int) -> int:
+        if n < 0:
+            raise ValueError("only non-negative increments")
+        self.value += n
+        return self.value
+
+    @zraft.query
+    def read(self) -> int:
+        return self.value
+
+    def snapshot(self) -> bytes:
+        return str(self.value).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.value = int(data)
+
+
+def _single(tmp_path: Path, sm: zraft.StateMachine) -> zraft.Node:
+    port = free_ports(1)[0]
+    addr = f"tcp://127.0.0.1:{port}"
+    return zraft.Node(zraft.Config(node_id="solo", bind=addr, peers={"solo": addr},
+                                   data_dir=str(tmp_path / "solo")), sm)
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> Iterator[list[zraft.Node]]:
+    ports = free_ports(3)
+    peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+    nodes = [zraft.Node(zraft.Config(node_id=nid, bind=addr, peers=peers,
+                                     data_dir=str(tmp_path / nid)), Counter())
+             for nid, addr in peers.items()]
+    for n in nodes:
+        n.start()
+    try:
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def _wait_leader(nodes: list[zraft.Node], timeout_s: float = 20.0) -> zraft.Node:
+    leader_seen = threading.Event()
+    for n in nodes:
+        n.on("leader_change", lambda ev: leader_seen.set() if ev.value else None)
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for n in nodes:
+            if n.status()["role"] == "leader":
+                return n
+        leader_seen.wait(0.05)
+    raise AssertionError("no leader elected")
+
+
+def test_single_node_commands_queries_errors_and_events(tmp_path: Path) -> None:
+    events: list[Any] = []
+    sm = Counter()
+    node = _single(tmp_path, sm)
+    node.on("*", events.append)
+    with node:
+        _wait_leader([node])
+        assert node.apply("add", 2, timeout=10) == 2
+        assert node.apply("add", 3, timeout=10) == 5
+        with pytest.raises(zraft.ApplicationError, match="non-negative"):
+            node.apply("add", -1, timeout=10)
+        assert node.apply("add", 1, timeout=10) == 6  # the handler error was not fatal
+        with pytest.raises(zraft.NoSuchCommand):
+            node.apply("nope", timeout=10)
+        assert node.query("read") == 6
+        assert node.query("read", consistency="local") == 6
+        st = node.status()
+        assert st["role"] == "leader" and st["applied"] >= 4 and st["voters"] == ["solo"]
+        assert node.take_snapshot(timeout=10) >= 4
+    names = {e.name for e in events}
+    assert {"state_change", "leader_change", "commit"} <= names
+
+
+def test_runtime_registered_handlers(tmp_path: Path) -> None:
+    sm = zraft.StateMachine()
+    log: list[str] = []
+    sm.register_command("append", lambda s: log.append(s) or len(log))
+    sm.register_query("items", lambda: list(log))
+    with _single(tmp_path, sm) as node:
+        _wait_leader([node])
+        assert node.apply("append", "a", timeout=10) == 1
+        assert node.apply("append", "b", timeout=10) == 2
+        assert node.query("items") == ["a", "b"]
+
+
+def test_restart_restores_state(tmp_path: Path) -> None:
+    node = _single(tmp_path, Counter())
+    with node:
+        _wait_leader([node])
+        for _ in range(10):
+            node.apply("add", 1, timeout=10)
+        node.take_snapshot(timeout=10)
+        node.apply("add", 5, timeout=10)
+    again = zraft.Node(node.config, Counter())
+    with again:
+        _wait_leader([again])
+        assert again.query("read") == 15
+
+
+def test_three_embedded_nodes_and_not_leader_hint(trio: list[zraft.Node]) -> None:
+    leader = _wait_leader(trio)
+    assert leader.apply("add", 7, timeout=10) == 7
+    follower = next(n for n in trio if n is not leader)
+    with pytest.raises(zraft.NotLeaderError) as info:
+        follower.apply("add", 1, timeout=5)
+    assert info.value.leader in ("", leader.config.node_id)
+    results: list[int] = []
+
+    def worker() -> None:
+        for _ in range(20):
+            results.append(leader.apply("add", 1, timeout=20))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(8, 88))
+    assert leader.query("read") == 87
+
+
+def test_asyncio_apply_and_query(trio: list[zraft.Node]) -> None:
+    leader = _wait_leader(trio)
+
+    async def main() -> tuple[list[int], int]:
+        done = await asyncio.gather(*(leader.apply_async("add", 1, timeout=20) for _ in range(50)))
+        return list(done), await leader.query_async("read")
+
+    done, value = asyncio.run(main())
+    assert sorted(done) == list(range(1, 51)) and value == 50

@@ -1,0 +1,121 @@
+"""Real node processes on loopback: elections, failover, catch-up, exactly-once, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from zraft import codec
+from zraft.client import Client
+from zraft.launcher import LocalCluster
+from zraft.protocol import ClientReply, ClientRequest
+
+pytestmark = pytest.mark.process
+
+
+def _write_keys(client: Client, start: int, stop: int) -> None:
+    for i in range(start, stop):
+        client.apply("put", f"k{i}", i)
+
+
+def test_three_nodes_elect_apply_failover_and_catch_up(cluster3: LocalCluster) -> None:
+    leader = cluster3.wait_for_leader(timeout=30)
+    with cluster3.client(timeout=30) as client:
+        _write_keys(client, 0, 50)
+        # apply through a follower's endpoint: the client follows the leader hint
+        follower = next(n for n in cluster3.nodes.values() if n.node_id != leader)
+        with Client([follower.address], timeout=30) as via_follower:
+            assert via_follower.apply("incr", "counter") == 1
+        killed_at = time.monotonic()
+        cluster3.kill(leader, signal.SIGKILL)
+        new_leader = cluster3.wait_for_leader(timeout=30, exclude=leader)
+        assert new_leader != leader
+        # "a few election timeouts" (default max 1 s each); generous for a loaded CI box
+        assert time.monotonic() - killed_at < 15
+        _write_keys(client, 50, 80)
+        for i in range(80):
+            assert client.query("get", f"k{i}") == i, f"acknowledged write k{i} lost"
+        cluster3.start(leader)
+        commit = cluster3.statuses()[new_leader]["commit"]
+        cluster3.wait_applied(commit, [leader], timeout=30)
+        assert client.query("get", "k79", consistency="linearizable") == 79
+
+
+def test_five_nodes_survive_leader_kill(tmp_path: Path) -> None:
+    with LocalCluster(5, base_dir=tmp_path / "c5") as cluster:
+        leader = cluster.wait_for_leader(timeout=30)
+        with cluster.client(timeout=30) as client:
+            _write_keys(client, 0, 20)
+            cluster.kill(leader)
+            cluster.wait_for_leader(timeout=30, exclude=leader)
+            _write_keys(client, 20, 40)
+            assert [client.query("get", f"k{i}") for i in range(40)] == list(range(40))
+
+
+def test_retry_with_lost_reply_applies_once(cluster3: LocalCluster) -> None:
+    leader = cluster3.wait_for_leader(timeout=30)
+    address = cluster3.nodes[leader].address
+    ctx = zmq.Context.instance()
+    client_id, seq = os.urandom(16), 1
+    request = ClientRequest(1, "apply", "incr", ("once",), client_id, seq)
+    # first attempt: it is applied, but the client never hears back (we drop the reply)
+    first = ctx.socket(zmq.DEALER)
+    first.setsockopt(zmq.LINGER, 0)
+    first.connect(address)
+    first.send(codec.encode(request, "zraft"))
+    assert first.poll(30_000), "the first attempt got no reply at all"
+    lost = codec.decode(first.recv(), "zraft")
+    assert isinstance(lost, ClientReply) and lost.ok and lost.result == 1
+    first.close()
+    # the retry carries the same session and sequence number: it must return the first
+    # result, not apply again
+    with Client([address], client_id=client_id, timeout=30) as retry:
+        reply = retry._exchange(address, ClientRequest(2, "apply", "incr", ("once",),
+                                                       client_id, seq), 10.0)
+        assert isinstance(reply, ClientReply) and reply.ok and reply.result == 1
+    with cluster3.client(timeout=30) as client:
+        assert client.query("get", "once") == 1, "a retried command was applied twice"
+        assert client.apply("incr", "once") == 2
+
+
+def test_bad_input_is_dropped_and_node_keeps_serving(cluster3: LocalCluster) -> None:
+    leader = cluster3.wait_for_leader(timeout=30)
+    target = cluster3.nodes[leader]
+    ctx = zmq.Context.instance()
+    garbage = [
+        b"",
+        os.urandom(64),
+        msgpack.packb([1, "zraft", 3])[:-1],  # truncated
+        msgpack.packb([1, "zraft", 999, 1, 2]),  # unknown type
+        msgpack.packb([1, "zraft", 0, "x", None, [], {}, 1.5]),  # wrong types
+        msgpack.packb([1, "other-cluster", 0]),  # wrong cluster id
+        msgpack.packb("not a list"),
+        b"\x00" * (2 << 20),  # a big frame of zeros
+    ]
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(target.address)
+    for g in garbage:
+        sock.send(g)
+    sock.send_multipart([b"a", b"b", b"c"])  # wrong frame count
+    sock.close()
+    raw = socket.create_connection(("127.0.0.1", int(target.address.rsplit(":", 1)[1])))
+    raw.sendall(os.urandom(512))  # not even ZMTP
+    raw.close()
+    with cluster3.client(timeout=30) as client:
+        assert client.apply("put", "after-garbage", 1) is None
+        assert client.query("get", "after-garbage") == 1
+    assert cluster3.nodes[leader].alive()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if "bad_message_dropped" in target.log_file.read_text():
+            break
+        time.sleep(0.1)
+    assert "bad_message_dropped" in target.log_file.read_text()

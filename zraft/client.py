@@ -1,0 +1,235 @@
+"""A client for other processes: finds the leader, retries safely, applies exactly once.
+
+Each Client is a session: a random ``client_id`` plus a sequence number per
+command. A retried command carries the same sequence number, and the replicated
+session table answers it with the first result instead of applying it twice.
+When no attempt got a definite answer, the caller gets :class:`UnknownOutcome`,
+never a false failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from zraft import codec
+from zraft.errors import (
+    ApplicationError,
+    BusyError,
+    NotLeaderError,
+    ReadTimeout,
+    UnknownOutcome,
+    ZraftError,
+    error_from_code,
+)
+from zraft.protocol import ClientReply, ClientRequest
+
+_RETRY_ON = {"not_leader", "busy", "unknown_outcome", "stopped", "timeout", "storage_failed"}
+
+
+class Client:
+    """Talk to a zraft cluster from another process. Thread-safe (one request at a time).
+
+    ``endpoints`` are node addresses (``tcp://127.0.0.1:7001``); any subset will
+    do, the leader is found from hints. ``curve`` is an optional
+    ``(server_public_key, client_public_key, client_secret_key)`` triple.
+    """
+
+    def __init__(self, endpoints: Sequence[str] | str, *, cluster_id: str = "zraft",
+                 timeout: float = 10.0, attempt_timeout: float = 2.0,
+                 curve: tuple[bytes, bytes, bytes] | None = None,
+                 client_id: bytes | None = None) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e]
+        if not endpoints:
+            raise ValueError("Client needs at least one endpoint")
+        self.endpoints = list(dict.fromkeys(endpoints))
+        self.cluster_id = cluster_id
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.client_id = client_id or os.urandom(16)
+        self._curve = curve
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._sockets: dict[str, zmq.Socket[bytes]] = {}
+        self._seq = itertools.count(1)
+        self._req_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._current = 0
+
+    # ------------------------------------------------------------------ public API
+
+    def apply(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Replicate command ``name(*args)`` exactly once; return the handler's result."""
+        with self._lock:
+            seq = next(self._seq)
+            return self._request("apply", name, args, timeout, seq=seq)
+
+    def query(self, name: str, *args: Any, consistency: str = "linearizable",
+              timeout: float | None = None) -> Any:
+        """Run query ``name(*args)`` with "linearizable", "lease" or "local" consistency."""
+        with self._lock:
+            return self._request("query", name, args, timeout, consistency=consistency)
+
+    def status(self, endpoint: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+        """The status of one node (``endpoint``) or of whichever node answers first."""
+        with self._lock:
+            if endpoint is None:
+                result: dict[str, Any] = self._request("status", "", (), timeout)
+            else:
+                req = ClientRequest(next(self._req_ids), "status")
+                result = self._ask_one(endpoint, req, timeout)
+            return result
+
+    def members(self, timeout: float | None = None) -> dict[str, Any]:
+        with self._lock:
+            result: dict[str, Any] = self._request("members", "", (), timeout)
+            return result
+
+    def add_member(self, node_id: str, address: str, voter: bool = True,
+                   timeout: float | None = None) -> None:
+        with self._lock:
+            self._request("add_member", "", (node_id, address, voter), timeout)
+
+    def remove_member(self, node_id: str, timeout: float | None = None) -> None:
+        with self._lock:
+            self._request("remove_member", "", (node_id,), timeout)
+
+    def transfer_leadership(self, to: str | None = None, timeout: float | None = None) -> str:
+        with self._lock:
+            result: str = self._request("transfer", "", (to or "",), timeout)
+            return result
+
+    def take_snapshot(self, endpoint: str | None = None, timeout: float = 60.0) -> int:
+        """Snapshot one node (default: any node that answers); returns the snapshot index."""
+        with self._lock:
+            req = ClientRequest(next(self._req_ids), "snapshot", timeout_ms=int(timeout * 1000))
+            if endpoint is None:
+                result: int = self._request("snapshot", "", (), timeout, leader_only=False)
+                return result
+            return self._ask_one(endpoint, req, timeout)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _socket(self, endpoint: str) -> zmq.Socket[bytes]:
+        sock = self._sockets.get(endpoint)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if self._curve is not None:
+                server_key, public, secret = self._curve
+                sock.curve_serverkey = server_key
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
+            sock.connect(endpoint)
+            self._sockets[endpoint] = sock
+        return sock
+
+    def _reset(self, endpoint: str) -> None:
+        """Drop a socket whose peer went silent, so late replies can't confuse the next request."""
+        sock = self._sockets.pop(endpoint, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    def _ask_one(self, endpoint: str, req: ClientRequest, timeout: float) -> Any:
+        reply = self._exchange(endpoint, req, timeout)
+        if reply is None:
+            raise ReadTimeout(f"no answer from {endpoint} within {timeout:.1f}s")
+        if not reply.ok:
+            raise error_from_code(reply.error, reply.message, reply.leader, reply.leader_address)
+        return reply.result
+
+    def _exchange(self, endpoint: str, req: ClientRequest, timeout: float) -> ClientReply | None:
+        """Send one request and wait for its reply; None on no answer (socket is then reset)."""
+        sock = self._socket(endpoint)
+        deadline = time.monotonic() + timeout
+        data = codec.encode(req, self.cluster_id)
+        while True:  # IMMEDIATE: a send only succeeds once connected
+            try:
+                sock.send(data, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    self._reset(endpoint)
+                    return None
+                sock.poll(20, zmq.POLLOUT)
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
+                self._reset(endpoint)
+                return None
+            try:
+                msg = codec.decode(sock.recv(), self.cluster_id)
+            except codec.DecodeError:
+                continue
+            if isinstance(msg, ClientReply) and msg.req_id == req.req_id:
+                return msg
+
+    def _request(self, kind: str, name: str, args: tuple[Any, ...], timeout: float | None,
+                 *, seq: int = 0, consistency: str = "linearizable",
+                 leader_only: bool = True) -> Any:
+        total = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        maybe_applied = False
+        last_error: ZraftError | None = None
+        backoff = 0.02
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            endpoint = self.endpoints[self._current % len(self.endpoints)]
+            req = ClientRequest(next(self._req_ids), kind, name, args,
+                                self.client_id if seq else b"", seq, consistency,
+                                int(max(remaining, 0.001) * 1000))
+            reply = self._exchange(endpoint, req, min(self.attempt_timeout, remaining))
+            if reply is None:
+                maybe_applied = maybe_applied or kind == "apply"
+                self._current += 1
+                last_error = ReadTimeout(f"no answer from {endpoint}")
+                continue
+            if reply.ok:
+                return reply.result
+            err = error_from_code(reply.error, reply.message, reply.leader, reply.leader_address)
+            if reply.error == "app_error":
+                raise ApplicationError(reply.message)
+            if reply.error not in _RETRY_ON:
+                raise err
+            if reply.error in ("unknown_outcome", "stopped"):
+                maybe_applied = maybe_applied or kind == "apply"
+            last_error = err
+            self._follow_hint(reply)
+            time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, 0.5)
+        if maybe_applied:
+            raise UnknownOutcome(f"{kind} {name!r}: no definite answer within {total:.1f}s "
+                                 f"(last: {last_error}); it may have been applied")
+        if isinstance(last_error, NotLeaderError | BusyError):
+            raise last_error
+        raise ReadTimeout(f"{kind} {name!r}: no answer within {total:.1f}s (last: {last_error})")
+
+    def _follow_hint(self, reply: ClientReply) -> None:
+        if reply.error == "not_leader" and reply.leader_address:
+            if reply.leader_address not in self.endpoints:
+                self.endpoints.append(reply.leader_address)
+            self._current = self.endpoints.index(reply.leader_address)
+        else:
+            self._current += 1

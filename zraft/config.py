@@ -1,0 +1,126 @@
+"""Node configuration: every option with its default and unit, validated up front.
+
+A wrong config is the operator's fault, so it fails at construction with a
+:class:`~zraft.errors.ConfigError` naming the option, never later in the reactor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zraft.errors import ConfigError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_ADDR_RE = re.compile(r"^(tcp://[^\s]+:\d{1,5}|ipc://\S+|inproc://\S+)$")
+
+
+@dataclass
+class Config:
+    """Everything a node needs. Times are in ms, sizes in bytes, counts in entries."""
+
+    node_id: str
+    bind: str
+    data_dir: str
+    #: The whole cluster (including this node) used to bootstrap a brand-new cluster.
+    #: Ignored (with a log line) when the data dir already holds state. Empty with ``join``.
+    peers: dict[str, str] = field(default_factory=dict)
+    #: An endpoint of a running cluster to ask for membership when the data dir is empty.
+    join: str | None = None
+    #: Address other nodes use to reach this one (default: ``bind``).
+    advertise: str | None = None
+    cluster_id: str = "zraft"
+    tick_ms: int = 50
+    election_ticks: int = 10  #: election timeout: random in [10, 20) ticks = 500-1000 ms by default
+    heartbeat_ticks: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    lease_reads: bool = False
+    #: "always": nothing is acknowledged before it is fsynced. "never": UNSAFE, loses
+    #: acknowledged writes on power loss or a crash of several nodes; tests/benchmarks only.
+    fsync: str = "always"
+    segment_bytes: int = 64 << 20
+    snapshot_entries: int = 16384  #: take a snapshot every N applied entries (0 = only manual)
+    snapshot_trailing: int = 2048  #: entries kept below a snapshot for slow followers
+    keep_snapshots: int = 2
+    snapshot_chunk_bytes: int = 1 << 20
+    max_batch: int = 2048  #: client commands per log append (one fsync)
+    max_pending: int = 20000  #: in-flight commands before callers get BusyError
+    max_msg_bytes: int = 1 << 20  #: entry bytes per AppendEntries
+    max_inflight_msgs: int = 64  #: pipelined AppendEntries per follower
+    max_frame_bytes: int = 64 << 20  #: largest inbound ZeroMQ frame
+    request_timeout_ms: int = 10_000
+    session_window: int = 256  #: remembered results per client session (exactly-once)
+    max_sessions: int = 10_000
+    curve_keys: str | None = None  #: directory of CURVE keys; None = no security
+    seed: int | None = None  #: election randomness; None = derived from node id and time
+
+    @property
+    def address(self) -> str:
+        return self.advertise or self.bind
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first wrong option."""
+        if not _ID_RE.match(self.node_id or ""):
+            raise ConfigError(f"node_id {self.node_id!r}: use 1-64 chars of [A-Za-z0-9_.-]")
+        for name, addr in (("bind", self.bind), ("advertise", self.advertise)):
+            if addr is not None and not _ADDR_RE.match(addr):
+                raise ConfigError(f"{name} {addr!r}: expected e.g. tcp://127.0.0.1:7001")
+        if not self.data_dir:
+            raise ConfigError("data_dir is required")
+        for pid, addr in self.peers.items():
+            if not _ID_RE.match(pid) or not _ADDR_RE.match(addr):
+                raise ConfigError(f"peers entry {pid}={addr!r} is not id=tcp://host:port")
+        if self.peers and self.node_id not in self.peers:
+            raise ConfigError(f"peers must include this node ({self.node_id})")
+        if self.peers and self.join:
+            raise ConfigError("give peers (bootstrap a new cluster) or join, not both")
+        if self.fsync not in ("always", "never"):
+            raise ConfigError(f"fsync {self.fsync!r}: 'always' or 'never'")
+        if self.lease_reads and not self.check_quorum:
+            raise ConfigError("lease_reads needs check_quorum")
+        positive = ("tick_ms", "election_ticks", "heartbeat_ticks", "segment_bytes", "max_batch",
+                    "max_pending", "max_msg_bytes", "max_inflight_msgs", "request_timeout_ms",
+                    "session_window", "max_sessions", "snapshot_chunk_bytes", "keep_snapshots")
+        for name in positive:
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.heartbeat_ticks >= self.election_ticks:
+            raise ConfigError("heartbeat_ticks must be smaller than election_ticks")
+        if self.snapshot_entries < 0 or self.snapshot_trailing < 0:
+            raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
+        return self
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> Config:
+        """Load a ``zraft.toml`` (keys = field names; a [peers] table); overrides win."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) in {path}: {', '.join(unknown)}")
+        try:
+            return cls(**raw).validate()
+        except TypeError as exc:
+            raise ConfigError(f"config {path}: {exc}") from exc
+
+
+def parse_cluster(spec: str) -> dict[str, str]:
+    """Parse ``n1=tcp://127.0.0.1:7001,n2=...`` into a dict, with a clear error."""
+    peers: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        node_id, sep, addr = part.partition("=")
+        if not sep or not node_id or not addr:
+            raise ConfigError(f"cluster entry {part!r}: expected id=tcp://host:port")
+        if node_id in peers:
+            raise ConfigError(f"cluster names {node_id} twice")
+        peers[node_id] = addr
+    return peers

@@ -1,0 +1,1003 @@
+"""The node actor: one reactor thread that owns the core, the disk, the sockets and the state machine.
+
+Everything that changes Raft state happens on the reactor thread, in this order
+per batch (the core's Ready contract): persist (one fsync), send, apply, advance.
+Other threads talk to the reactor only through a call queue plus a ZeroMQ inproc
+wake-up, and get answers through futures, so nothing mutable is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import queue
+import struct
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import structlog
+import zmq
+
+from zraft import codec
+from zraft.config import Config
+from zraft.core import raft as core_raft
+from zraft.core.types import (
+    NONE,
+    Entry,
+    EntryType,
+    Heartbeat,
+    HeartbeatResponse,
+    Membership,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
+from zraft.errors import (
+    ApplicationError,
+    BusyError,
+    ChangeInProgress,
+    CommandFailed,
+    NodeStopped,
+    NoSuchCommand,
+    NotLeaderError,
+    ReadTimeout,
+    StorageFailedError,
+    UnknownOutcome,
+    ZraftError,
+    error_from_code,
+)
+from zraft.events import Event, EventBus
+from zraft.kv import KV
+from zraft.protocol import ClientReply, ClientRequest
+from zraft.statemachine import StateMachine
+from zraft.storage import Storage, StorageFailed
+from zraft.transport import Transport
+
+_WAKE = b"w"
+_NO_RESULT = object()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The answer to one request, whichever way it came in (embedded call or ROUTER client)."""
+
+    ok: bool
+    result: Any = None
+    error: str = ""
+    message: str = ""
+    leader: str = ""
+    address: str = ""
+
+    def to_reply(self, req_id: int) -> ClientReply:
+        return ClientReply(req_id, self.ok, self.result if self.ok else None, self.error,
+                           self.message, self.leader, self.address)
+
+    def unwrap(self) -> Any:
+        if self.ok:
+            return self.result
+        if self.error == "app_error":
+            raise ApplicationError(self.message)
+        raise error_from_code(self.error, self.message, self.leader, self.address)
+
+
+Deliver = Callable[[Outcome], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    term: int
+    deliver: Deliver
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Read:
+    name: str
+    args: tuple[Any, ...]
+    deliver: Deliver
+    deadline: float
+
+
+class _Session:
+    """Remembered results of one client, for exactly-once retries (deterministic on every node)."""
+
+    __slots__ = ("results",)
+
+    def __init__(self) -> None:
+        self.results: OrderedDict[int, tuple[bool, Any, str, str]] = OrderedDict()
+
+
+class Node:
+    """A Raft node embedded in this process. See the README's embedding guide.
+
+    ``start()`` runs the reactor in a background thread; ``run()`` runs it in the
+    calling thread until ``stop()``. ``apply``/``query`` are thread-safe and block;
+    ``apply_async``/``query_async`` are their awaitable twins.
+    """
+
+    def __init__(self, config: Config, state_machine: StateMachine | None = None) -> None:
+        self.config = config.validate()
+        self.sm = state_machine if state_machine is not None else KV()
+        self.events = EventBus()
+        self.log = structlog.get_logger("zraft").bind(node=config.node_id)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake_addr = f"inproc://zraft-wake-{id(self)}"
+        self._tls = threading.local()
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self._stopped = threading.Event()
+        self._start_error: BaseException | None = None
+        self._last_status: dict[str, Any] = {"id": config.node_id, "role": "stopped"}
+        # reactor-owned state (touched only on the reactor thread once started)
+        self._proposals: list[tuple[bytes, Deliver, float]] = []
+        self._closing = False
+        self._vote = ""
+        self._pending: dict[int, _Pending] = {}
+        self._reads_new: list[_Read] = []
+        self._reads_by_ctx: dict[bytes, list[_Read]] = {}
+        self._reads_waiting: deque[tuple[int, list[_Read]]] = deque()
+        self._read_ctx = itertools.count(1)
+        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        self._applied = 0
+        self._applied_term = 0
+        self._applied_membership = Membership()
+        self._last_snapshot_index = 0
+        self._snapshot_thread: threading.Thread | None = None
+        self._promote: dict[str, float] = {}
+        self._hb_sent: dict[str, float] = {}
+        self._last_leader_contact = time.monotonic()
+        self._storage_error = ""
+        self._soft: tuple[Role, str, int] = (Role.FOLLOWER, NONE, 0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 30.0) -> Node:
+        """Open storage, bind sockets and run the reactor in a daemon thread."""
+        if self._thread is not None:
+            raise RuntimeError("node already started")
+        self._thread = threading.Thread(target=self._thread_main, name=f"zraft-{self.config.node_id}",
+                                        daemon=True)
+        self._thread.start()
+        if not self._running.wait(timeout) or self._start_error is not None:
+            self._thread.join(timeout=5)
+            err = self._start_error or NodeStopped("node did not start in time")
+            raise err
+        return self
+
+    def run(self) -> None:
+        """Run the reactor in this thread until :meth:`stop` (or a signal handler calling it)."""
+        self._thread = threading.current_thread()
+        self._thread_main()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the reactor; pending requests fail with NodeStopped (or UnknownOutcome)."""
+        if self._stopped.is_set() or self._thread is None:
+            return
+        self._post(self._request_stop)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self.events.close()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ public API
+
+    def apply(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Replicate command ``name(*args)``; block until applied here; return its result.
+
+        Raises NotLeaderError (with a leader hint), BusyError, ApplicationError (the
+        handler raised), or UnknownOutcome when it may or may not have been applied.
+        """
+        fut = self._submit_apply(name, args, timeout)
+        return self._wait(fut, timeout, unknown=True)
+
+    def query(self, name: str, *args: Any, consistency: str = "linearizable",
+              timeout: float | None = None) -> Any:
+        """Run read-only query ``name(*args)``: "linearizable" (ReadIndex), "lease", or "local"."""
+        fut = self._submit_query(name, args, consistency, timeout)
+        return self._wait(fut, timeout, unknown=False)
+
+    async def apply_async(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        fut = self._submit_apply(name, args, timeout)
+        outcome: Outcome = await asyncio.wrap_future(fut)
+        return outcome.unwrap()
+
+    async def query_async(self, name: str, *args: Any, consistency: str = "linearizable",
+                          timeout: float | None = None) -> Any:
+        fut = self._submit_query(name, args, consistency, timeout)
+        outcome: Outcome = await asyncio.wrap_future(fut)
+        return outcome.unwrap()
+
+    def on(self, event: str, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(Event)`` on each ``event`` ("*" for all), on the event thread."""
+        self.events.subscribe(event, callback)
+
+    def off(self, event: str, callback: Callable[[Event], None]) -> None:
+        self.events.unsubscribe(event, callback)
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        """id, role, term, leader, commit/applied/last index, members, snapshot index, peers."""
+        if not self._running.is_set() or threading.current_thread() is self._thread:
+            return dict(self._last_status)
+        fut: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self._post(lambda: fut.set_result(self._status()))
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return dict(self._last_status)
+
+    def add_member(self, node_id: str, address: str, voter: bool = True,
+                   timeout: float | None = None) -> None:
+        """Add a node as a learner; if ``voter``, promote it once it has caught up."""
+        self._call_outcome(lambda d: self._do_add_member(node_id, address, voter, d), timeout)
+
+    def remove_member(self, node_id: str, timeout: float | None = None) -> None:
+        """Remove a node (voter or learner). Removing the leader steps it down after commit."""
+        self._call_outcome(lambda d: self._do_remove_member(node_id, d), timeout)
+
+    def transfer_leadership(self, to: str | None = None, timeout: float | None = None) -> str:
+        """Hand leadership to ``to`` (default: the most caught-up voter); returns the target."""
+        result: str = self._call_outcome(lambda d: self._do_transfer(to, d), timeout)
+        return result
+
+    def take_snapshot(self, timeout: float | None = None) -> int:
+        """Snapshot the state machine now; returns the snapshot's last index once durable."""
+        result: int = self._call_outcome(self._do_manual_snapshot, timeout)
+        return result
+
+    # ------------------------------------------------------------------ calls into the reactor
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        self._calls.put(fn)
+        sock = getattr(self._tls, "wake", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.connect(self._wake_addr)
+            self._tls.wake = sock
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send(_WAKE, zmq.NOBLOCK)
+
+    def _deadline(self, timeout: float | None) -> float:
+        seconds = timeout if timeout is not None else self.config.request_timeout_ms / 1000
+        return time.monotonic() + seconds
+
+    def _submit_apply(self, name: str, args: tuple[Any, ...],
+                      timeout: float | None) -> concurrent.futures.Future[Outcome]:
+        if not isinstance(name, str):
+            raise TypeError("command name must be a str")
+        self._check_running()
+        fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        data = codec.encode_command(b"", 0, name, tuple(args))
+        deadline = self._deadline(timeout)
+        self._post(lambda: self._enqueue_proposal(data, fut.set_result, deadline))
+        return fut
+
+    def _submit_query(self, name: str, args: tuple[Any, ...], consistency: str,
+                      timeout: float | None) -> concurrent.futures.Future[Outcome]:
+        if consistency not in ("linearizable", "lease", "local"):
+            raise ValueError(f"consistency {consistency!r}: linearizable, lease or local")
+        self._check_running()
+        fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        read = _Read(name, tuple(args), fut.set_result, self._deadline(timeout))
+        self._post(lambda: self._enqueue_read(read, consistency))
+        return fut
+
+    def _call_outcome(self, body: Callable[[Deliver], None], timeout: float | None) -> Any:
+        self._check_running()
+        fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        self._post(lambda: body(fut.set_result))
+        return self._wait(fut, timeout, unknown=True)
+
+    def _wait(self, fut: concurrent.futures.Future[Outcome], timeout: float | None,
+              unknown: bool) -> Any:
+        seconds = (timeout if timeout is not None else self.config.request_timeout_ms / 1000) + 1.0
+        try:
+            outcome = fut.result(seconds)
+        except concurrent.futures.TimeoutError:
+            if unknown:
+                raise UnknownOutcome("no answer in time; the command may have been applied") from None
+            raise ReadTimeout("no answer in time") from None
+        return outcome.unwrap()
+
+    def _check_running(self) -> None:
+        if self._stopped.is_set() or self._thread is None:
+            raise NodeStopped(f"node {self.config.node_id} is not running")
+
+    # ------------------------------------------------------------------ reactor: setup and loop
+
+    def _thread_main(self) -> None:
+        try:
+            self._open()
+        except BaseException as exc:  # reported to start()/run()
+            self._start_error = exc
+            self.log.error("node_start_failed", error=str(exc))
+            self._running.set()
+            self._stopped.set()
+            return
+        try:
+            self._running.set()
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _open(self) -> None:
+        cfg = self.config
+        self.storage = Storage.open(cfg.data_dir, segment_bytes=cfg.segment_bytes, fsync=cfg.fsync,
+                                    keep_snapshots=cfg.keep_snapshots)
+        if self.storage.is_empty():
+            if cfg.peers:
+                self.storage.bootstrap(Membership(voters=dict(cfg.peers)))
+                self.log.info("cluster_bootstrapped", voters=sorted(cfg.peers))
+            elif not cfg.join:
+                self.log.warning("node_has_no_membership", hint="give peers to bootstrap or join")
+        elif cfg.peers:
+            self.log.info("bootstrap_ignored", reason="data dir already holds state")
+        self._restore_from_snapshot()
+        seed = cfg.seed if cfg.seed is not None else hash((cfg.node_id, time.time_ns()))
+        core_cfg = core_raft.CoreConfig(
+            node_id=cfg.node_id, election_ticks=cfg.election_ticks,
+            heartbeat_ticks=cfg.heartbeat_ticks, pre_vote=cfg.pre_vote,
+            check_quorum=cfg.check_quorum, lease_reads=cfg.lease_reads,
+            max_msg_bytes=cfg.max_msg_bytes, max_inflight_msgs=cfg.max_inflight_msgs,
+            snapshot_chunk_bytes=cfg.snapshot_chunk_bytes, seed=seed & 0xFFFFFFFF,
+        )
+        self.core = core_raft.Raft(core_cfg, self.storage, applied=self._applied)
+        membership = self.core.membership
+        self._soft = (self.core.role, self.core.leader, self.core.term)
+        self._vote = self.storage.initial_state()[0].vote
+        curve = None
+        if cfg.curve_keys:
+            from zraft.security import CurveSetup
+
+            curve = CurveSetup.from_dir(cfg.curve_keys, cfg.node_id)
+        self.transport = Transport(self._ctx, cfg.node_id, cfg.bind, self._peer_addrs(membership),
+                                   cfg.cluster_id, curve=curve, max_msg_bytes=cfg.max_frame_bytes)
+        self._wake = self._ctx.socket(zmq.PULL)
+        self._wake.setsockopt(zmq.LINGER, 0)
+        self._wake.bind(self._wake_addr)
+        self.log.info("node_started", address=cfg.address, term=self.core.term,
+                      voters=sorted(membership.voters), learners=sorted(membership.learners),
+                      last_index=self.storage.last_index(), applied=self._applied)
+        self.events.emit("node_started", cfg.node_id, None)
+        if cfg.join and not membership.ids():
+            self._start_join_thread(cfg.join)
+        elif membership.voters.keys() == {cfg.node_id} and self.storage.last_index() == 0:
+            self.core.campaign()  # a brand-new single-node cluster elects itself at once
+
+    def _peer_addrs(self, membership: Membership) -> dict[str, str]:
+        addrs = dict(membership.learners)
+        addrs.update(membership.voters)
+        addrs.pop(self.config.node_id, None)
+        return addrs
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        router = self.transport.router
+        poller.register(router, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        tick_s = self.config.tick_ms / 1000
+        next_tick = time.monotonic() + tick_s
+        self._stop_requested = False
+        while not self._stop_requested:
+            busy = self._proposals or self._reads_new or self.core.has_ready()
+            wait_ms = 0 if busy else max(0, int((next_tick - time.monotonic()) * 1000) + 1)
+            ready_socks = dict(poller.poll(wait_ms))
+            if router in ready_socks:
+                self._on_inbound()
+            if self._wake in ready_socks:
+                self._drain_calls()
+            now = time.monotonic()
+            if now >= next_tick:
+                self.core.tick()
+                next_tick = max(next_tick + tick_s, now - tick_s)
+                self._housekeeping(now)
+            self._flush_proposals()
+            self._flush_reads()
+            while self.core.has_ready():
+                self._handle_ready(self.core.ready())
+            self._last_status = self._status()
+
+    def _drain_calls(self) -> None:
+        with contextlib.suppress(zmq.Again):
+            for _ in range(10_000):
+                self._wake.recv(zmq.NOBLOCK)
+        self._run_queued_calls()
+
+    def _run_queued_calls(self) -> None:
+        for _ in range(100_000):
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            fn()
+
+    def _request_stop(self) -> None:
+        self._stop_requested = True
+
+    def _shutdown(self) -> None:
+        self._closing = True
+        self._run_queued_calls()
+        stopped = Outcome(False, error="stopped", message="node stopped")
+        for p in self._pending.values():
+            p.deliver(Outcome(False, error="unknown_outcome",
+                              message="node stopped before the command was known to commit"))
+        self._pending.clear()
+        for _, deliver, _ in self._proposals:
+            deliver(stopped)
+        self._proposals.clear()
+        for reads in [self._reads_new, *self._reads_by_ctx.values(),
+                      *(r for _, r in self._reads_waiting)]:
+            for r in reads:
+                r.deliver(stopped)
+        if self._snapshot_thread is not None:
+            self._snapshot_thread.join(timeout=30)
+        with contextlib.suppress(Exception):
+            self.transport.close()
+        with contextlib.suppress(Exception):
+            self._wake.close(linger=0)
+        with contextlib.suppress(Exception):
+            self.storage.close()
+        self._run_queued_calls()
+        self._last_status = {**self._last_status, "role": "stopped"}
+        self.log.info("node_stopped")
+        self.events.emit("node_stopped", self.config.node_id, None)
+        self._stopped.set()
+
+    # ------------------------------------------------------------------ inbound messages
+
+    def _on_inbound(self) -> None:
+        for identity, msg in self.transport.recv(1024):
+            if isinstance(msg, ClientRequest):
+                self._on_client_request(identity, msg)
+                continue
+            if isinstance(msg, HeartbeatResponse):
+                sent = self._hb_sent.pop(msg.frm, None)
+                if sent is not None:
+                    self.events.emit("heartbeat", msg.frm, (time.monotonic() - sent) * 1000)
+            elif isinstance(msg, Heartbeat):
+                self._note_leader_contact()
+            self.core.step(msg)
+
+    def _note_leader_contact(self) -> None:
+        now = time.monotonic()
+        gap_ms = (now - self._last_leader_contact) * 1000
+        threshold_ms = 0.8 * self.config.election_ticks * self.config.tick_ms
+        if gap_ms > threshold_ms and self.core.role == Role.FOLLOWER:
+            self.events.emit("election_timeout_threshold", gap_ms, threshold_ms)
+        self._last_leader_contact = now
+
+    def _on_client_request(self, identity: bytes, req: ClientRequest) -> None:
+        def deliver(outcome: Outcome) -> None:
+            self.transport.reply(identity, outcome.to_reply(req.req_id))
+
+        deadline = time.monotonic() + min(req.timeout_ms, 600_000) / 1000
+        kind = req.kind
+        if kind == "apply":
+            try:
+                data = codec.encode_command(req.client_id, req.seq, req.name, req.args)
+            except (TypeError, ValueError, codec.DecodeError) as exc:
+                deliver(Outcome(False, error="bad_request", message=str(exc)))
+                return
+            self._enqueue_proposal(data, deliver, deadline)
+        elif kind == "query":
+            consistency = req.consistency
+            if consistency not in ("linearizable", "lease", "local"):
+                deliver(Outcome(False, error="bad_request", message="unknown consistency"))
+                return
+            self._enqueue_read(_Read(req.name, req.args, deliver, deadline), consistency)
+        elif kind == "status":
+            deliver(Outcome(True, self._status()))
+        elif kind == "members":
+            deliver(Outcome(True, self._members()))
+        elif kind == "add_member" and len(req.args) >= 2:
+            self._do_add_member(str(req.args[0]), str(req.args[1]),
+                                bool(req.args[2]) if len(req.args) > 2 else True, deliver)
+        elif kind == "remove_member" and len(req.args) == 1:
+            self._do_remove_member(str(req.args[0]), deliver)
+        elif kind == "transfer":
+            self._do_transfer(str(req.args[0]) if req.args and req.args[0] else None, deliver)
+        elif kind == "snapshot":
+            self._do_manual_snapshot(deliver)
+        else:
+            deliver(Outcome(False, error="bad_request", message=f"unknown request kind {kind!r}"))
+
+    # ------------------------------------------------------------------ proposals and reads
+
+    def _not_leader(self) -> Outcome:
+        leader = self.core.leader
+        address = self.core.membership.address(leader) or "" if leader else ""
+        return Outcome(False, error="not_leader", message=f"{self.config.node_id} is not the leader",
+                       leader=leader, address=address)
+
+    def _enqueue_proposal(self, data: bytes, deliver: Deliver, deadline: float) -> None:
+        if self._closing:
+            deliver(Outcome(False, error="stopped", message="node stopped"))
+        elif self._storage_error:
+            deliver(Outcome(False, error="storage_failed", message=self._storage_error))
+        elif self.core.role != Role.LEADER:
+            deliver(self._not_leader())
+        elif len(self._pending) + len(self._proposals) >= self.config.max_pending:
+            deliver(Outcome(False, error="busy", message="too many commands in flight; retry later"))
+        else:
+            self._proposals.append((data, deliver, deadline))
+
+    def _flush_proposals(self) -> None:
+        while self._proposals:
+            batch = self._proposals[: self.config.max_batch]
+            del self._proposals[: self.config.max_batch]
+            try:
+                term, first = self.core.propose([data for data, _, _ in batch])
+            except core_raft.NotLeader:
+                out = self._not_leader()
+                for _, deliver, _ in batch:
+                    deliver(out)
+                continue
+            except core_raft.ProposalDropped as exc:
+                for _, deliver, _ in batch:
+                    deliver(Outcome(False, error="busy", message=str(exc) or "proposal dropped"))
+                continue
+            for offset, (_, deliver, deadline) in enumerate(batch):
+                self._pending[first + offset] = _Pending(term, deliver, deadline)
+
+    def _enqueue_read(self, read: _Read, consistency: str) -> None:
+        if self._closing:
+            read.deliver(Outcome(False, error="stopped", message="node stopped"))
+        elif self.sm.query_handler(read.name) is None:
+            read.deliver(Outcome(False, error="no_such_command",
+                                 message=f"no query named {read.name!r}"))
+        elif consistency == "local":
+            self._serve_reads([read])
+        elif self.core.role != Role.LEADER:
+            read.deliver(self._not_leader())
+        else:
+            self._reads_new.append(read)
+
+    def _flush_reads(self) -> None:
+        if not self._reads_new:
+            return
+        reads, self._reads_new = self._reads_new, []
+        ctx = struct.pack(">Q", next(self._read_ctx))
+        try:
+            self.core.read_index(ctx)
+        except core_raft.NotLeader:
+            out = self._not_leader()
+            for r in reads:
+                r.deliver(out)
+            return
+        self._reads_by_ctx[ctx] = reads
+
+    def _serve_reads(self, reads: Iterable[_Read]) -> None:
+        for r in reads:
+            handler = self.sm.query_handler(r.name)
+            if handler is None:
+                r.deliver(Outcome(False, error="no_such_command", message=f"no query {r.name!r}"))
+                continue
+            try:
+                r.deliver(Outcome(True, handler(*r.args)))
+            except Exception as exc:  # the user's handler failed: their error, not ours
+                r.deliver(Outcome(False, error="app_error", message=f"{type(exc).__name__}: {exc}"))
+
+    # ------------------------------------------------------------------ Ready handling
+
+    def _handle_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader, rd.soft_state.term)
+        if not self._persist(rd):
+            return
+        for msg in rd.messages:
+            if isinstance(msg, Heartbeat):
+                self._hb_sent.setdefault(msg.to, time.monotonic())
+            self.transport.send(msg)
+        if rd.committed_entries:
+            self._apply_entries(rd.committed_entries)
+        for rs in rd.read_states:
+            reads = self._reads_by_ctx.pop(rs.ctx, None)
+            if reads:
+                self._reads_waiting.append((rs.index, reads))
+        self.core.advance(rd)
+        while self._reads_waiting and self._reads_waiting[0][0] <= self._applied:
+            self._serve_reads(self._reads_waiting.popleft()[1])
+
+    def _persist(self, rd: Ready) -> bool:
+        """Make the Ready's state durable. On a disk failure, stop accepting writes (loudly)."""
+        try:
+            if rd.hard_state is not None:
+                if rd.hard_state.vote and rd.hard_state.vote != self._vote:
+                    self.log.info("vote_cast", term=rd.hard_state.term, candidate=rd.hard_state.vote)
+                self._vote = rd.hard_state.vote
+                self.storage.set_hard_state(rd.hard_state)
+            for chunk in rd.snapshot_chunks:
+                self.storage.stage_snapshot_chunk(chunk.meta, chunk.offset, chunk.data)
+            if rd.snapshot is not None:
+                self._install_snapshot(rd.snapshot)
+            if rd.entries:
+                self.storage.append(rd.entries)
+                self.storage.sync()
+                for e in rd.entries:
+                    if e.type == EntryType.CONFIG:
+                        self._on_config_appended(Membership.decode(e.data), e.index)
+        except (StorageFailed, OSError) as exc:
+            self._storage_error = f"storage failed: {exc}"
+            self.log.error("storage_failed", error=str(exc))
+            self._request_stop()
+            return False
+        return True
+
+    def _on_soft_state(self, role: Role, leader: str, term: int) -> None:
+        prev_role, prev_leader, prev_term = self._soft
+        self._soft = (role, leader, term)
+        self.log = self.log.bind(term=term, role=role.value)
+        if term != prev_term:
+            self.log.info("term_change", term=term, prev_term=prev_term)
+            self.events.emit("term_change", term, prev_term)
+        if role != prev_role:
+            if role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+                self.log.info("election_started", term=term, pre_vote=role == Role.PRE_CANDIDATE)
+            self.log.info("role_change", role=role.value, prev_role=prev_role.value)
+            self.events.emit("state_change", role.value, prev_role.value)
+            if prev_role == Role.LEADER:
+                self._fail_reads_on_step_down()
+        if leader != prev_leader:
+            self.log.info("leader_change", leader=leader, prev_leader=prev_leader)
+            self.events.emit("leader_change", leader, prev_leader)
+            self._last_leader_contact = time.monotonic()
+
+    def _fail_reads_on_step_down(self) -> None:
+        out = self._not_leader()
+        for reads in [self._reads_new, *self._reads_by_ctx.values(),
+                      *(r for _, r in self._reads_waiting)]:
+            for r in reads:
+                r.deliver(out)
+        self._reads_new, self._reads_by_ctx = [], {}
+        self._reads_waiting.clear()
+
+    def _on_config_appended(self, membership: Membership, index: int) -> None:
+        self.transport.set_peers(self._peer_addrs(membership))
+        self.log.info("membership_change", voters=sorted(membership.voters),
+                      learners=sorted(membership.learners), index=index)
+
+    # ------------------------------------------------------------------ applying committed entries
+
+    def _apply_entries(self, entries: list[Entry]) -> None:
+        for e in entries:
+            if e.index <= self._applied:
+                continue  # already reflected by a restored snapshot
+            assert e.index == self._applied + 1, f"apply gap: {self._applied} -> {e.index}"
+            outcome = _NO_RESULT
+            if e.type == EntryType.NORMAL:
+                outcome = self._apply_command(e)
+            elif e.type == EntryType.CONFIG:
+                self._apply_config(Membership.decode(e.data))
+            self._applied, self._applied_term = e.index, e.term
+            pending = self._pending.pop(e.index, None)
+            if pending is not None:
+                if pending.term != e.term:
+                    pending.deliver(Outcome(False, error="not_leader",
+                                            message="leadership changed; command was not committed"))
+                elif isinstance(outcome, Outcome):
+                    pending.deliver(outcome)
+                else:
+                    pending.deliver(Outcome(True, None))
+        if entries:
+            self.events.emit("commit", self._applied, None)
+            self._maybe_snapshot()
+
+    def _apply_command(self, e: Entry) -> Outcome:
+        try:
+            client_id, seq, name, args = codec.decode_command(e.data)
+        except codec.DecodeError as exc:
+            self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
+            return Outcome(False, error="bad_request", message=str(exc))
+        session = None
+        if client_id and seq:
+            session = self._sessions.get(client_id)
+            if session is None:
+                session = self._sessions[client_id] = _Session()
+                if len(self._sessions) > self.config.max_sessions:
+                    self._sessions.popitem(last=False)
+            self._sessions.move_to_end(client_id)
+            seen = session.results.get(seq)
+            if seen is not None:
+                return Outcome(seen[0], seen[1], seen[2], seen[3])
+            if session.results and seq < next(iter(session.results)):
+                return Outcome(False, error="unknown_outcome",
+                               message="sequence number older than the session window")
+        handler = self.sm.command_handler(name)
+        if handler is None:
+            out = Outcome(False, error="no_such_command", message=f"no command named {name!r}")
+        else:
+            try:
+                out = Outcome(True, handler(*args))
+            except Exception as exc:  # the handler's error goes back to the caller
+                out = Outcome(False, error="app_error", message=f"{type(exc).__name__}: {exc}")
+        if session is not None:
+            session.results[seq] = (out.ok, out.result, out.error, out.message)
+            while len(session.results) > self.config.session_window:
+                session.results.popitem(last=False)
+        return out
+
+    def _apply_config(self, membership: Membership) -> None:
+        prev = self._applied_membership
+        self._applied_membership = membership
+        for nid in membership.ids() - prev.ids():
+            self.events.emit("add_peer", nid, membership.address(nid))
+            self.log.info("member_added", member=nid, voter=nid in membership.voters)
+        for nid in prev.ids() - membership.ids():
+            self.events.emit("remove_peer", nid, prev.address(nid))
+            self.log.info("member_removed", member=nid)
+        for nid in membership.voters.keys() & prev.learners.keys():
+            self.log.info("learner_promoted", member=nid)
+            self.events.emit("learner_promoted", nid, None)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _snapshot_blob(self) -> bytes:
+        sessions = [(cid, list(s.results.items())) for cid, s in self._sessions.items()]
+        packed: bytes = msgpack.packb(sessions, use_bin_type=True)
+        return struct.pack(">Q", len(packed)) + packed
+
+    def _restore_sessions(self, blob: bytes) -> None:
+        self._sessions = OrderedDict()
+        for cid, results in msgpack.unpackb(blob, raw=False, strict_map_key=False):
+            s = _Session()
+            for seq, res in results:
+                ok, result, error, message = res
+                s.results[seq] = (bool(ok), result, str(error), str(message))
+            self._sessions[cid] = s
+
+    def _load_snapshot(self, meta: SnapshotMeta) -> None:
+        data = b"".join(self.storage.read_snapshot(meta))
+        (n,) = struct.unpack_from(">Q", data, 0)
+        self._restore_sessions(data[8 : 8 + n])
+        user = data[8 + n :]
+        del data
+        self.sm.restore(user)
+        self._applied, self._applied_term = meta.index, meta.term
+        self._applied_membership = meta.membership
+        self._last_snapshot_index = meta.index
+
+    def _restore_from_snapshot(self) -> None:
+        meta = self.storage.snapshot_meta()
+        if meta is None:
+            return
+        started = time.monotonic()
+        self._load_snapshot(meta)
+        self.log.info("snapshot_restored", index=meta.index, size=meta.size,
+                      duration_ms=round((time.monotonic() - started) * 1000, 1))
+
+    def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        started = time.monotonic()
+        if not self.storage.finish_staged_snapshot(meta):
+            self.log.warning("snapshot_rejected", index=meta.index, reason="checksum mismatch")
+            self.core.snapshot_failed(meta)
+            return
+        self._load_snapshot(meta)
+        for index in [i for i in self._pending if i <= meta.index]:
+            self._pending.pop(index).deliver(Outcome(False, error="unknown_outcome",
+                                                     message="replaced by a snapshot"))
+        self.transport.set_peers(self._peer_addrs(meta.membership))
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        self.log.info("snapshot_installed", index=meta.index, size=meta.size, duration_ms=duration_ms)
+        self.events.emit("snapshot_installed", meta.index, meta.size)
+
+    def _maybe_snapshot(self) -> None:
+        every = self.config.snapshot_entries
+        if every and self._applied - self._last_snapshot_index >= every:
+            self._start_snapshot(None)
+
+    def _do_manual_snapshot(self, deliver: Deliver) -> None:
+        if self._applied == 0:
+            deliver(Outcome(False, error="bad_request", message="nothing applied yet"))
+        elif self._applied == self._last_snapshot_index:
+            deliver(Outcome(True, self._applied))
+        else:
+            self._start_snapshot(deliver)
+
+    def _start_snapshot(self, deliver: Deliver | None) -> None:
+        """Capture state on the reactor; write and fsync it on a helper thread."""
+        if self._snapshot_thread is not None or not self.sm.supports_snapshots():
+            if deliver is not None:
+                reason = "a snapshot is already being written" if self._snapshot_thread else \
+                    "the state machine does not implement snapshot()"
+                deliver(Outcome(False, error="busy", message=reason))
+            return
+        index, term, membership = self._applied, self._applied_term, self._applied_membership
+        started = time.monotonic()
+        state = self.sm.snapshot()
+        chunks: Iterable[bytes] = [state] if isinstance(state, bytes | bytearray) else state
+        head = self._snapshot_blob()
+
+        def stream() -> Iterator[bytes]:
+            yield head
+            yield from chunks
+
+        def write() -> None:
+            try:
+                meta = self.storage.write_snapshot(index, term, membership, stream())
+                self._post(lambda: self._snapshot_written(meta, started, deliver, None))
+            except Exception as exc:
+                err = exc
+                self._post(lambda: self._snapshot_written(None, started, deliver, err))
+
+        self._snapshot_thread = threading.Thread(target=write, name="zraft-snapshot", daemon=True)
+        self._snapshot_thread.start()
+
+    def _snapshot_written(self, meta: SnapshotMeta | None, started: float,
+                          deliver: Deliver | None, err: Exception | None) -> None:
+        if self._snapshot_thread is not None:
+            self._snapshot_thread.join()
+        self._snapshot_thread = None
+        if meta is None:
+            self.log.error("snapshot_failed", error=str(err))
+            if deliver is not None:
+                deliver(Outcome(False, error="storage_failed", message=f"snapshot failed: {err}"))
+            return
+        self._last_snapshot_index = meta.index
+        keep_from = max(0, meta.index - self.config.snapshot_trailing)
+        if keep_from > 0:
+            self.storage.compact(keep_from)
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        self.log.info("snapshot_taken", index=meta.index, size=meta.size, duration_ms=duration_ms)
+        self.events.emit("snapshot_taken", meta.index, meta.size)
+        if deliver is not None:
+            deliver(Outcome(True, meta.index))
+
+    # ------------------------------------------------------------------ membership
+
+    def _members(self) -> dict[str, Any]:
+        m = self.core.membership
+        return {"voters": dict(m.voters), "learners": dict(m.learners), "leader": self.core.leader}
+
+    def _propose_membership(self, new: Membership, deliver: Deliver) -> bool:
+        if self._closing or self.core.role != Role.LEADER:
+            deliver(self._not_leader())
+            return False
+        try:
+            term, index = self.core.propose_membership(new)
+        except core_raft.NotLeader:
+            deliver(self._not_leader())
+            return False
+        except core_raft.ChangeInProgress:
+            deliver(Outcome(False, error="change_in_progress",
+                            message="another membership change is in flight; retry"))
+            return False
+        self._pending[index] = _Pending(term, deliver, self._deadline(None))
+        return True
+
+    def _do_add_member(self, node_id: str, address: str, voter: bool, deliver: Deliver) -> None:
+        m = self.core.membership
+        if node_id in m.voters or (node_id in m.learners and not voter):
+            deliver(Outcome(True, None))  # already there: idempotent for retries and --join
+            return
+        learners = {**m.learners, node_id: address}
+        if voter:
+            self._promote[node_id] = time.monotonic()
+        self._propose_membership(Membership(dict(m.voters), learners), deliver)
+
+    def _do_remove_member(self, node_id: str, deliver: Deliver) -> None:
+        m = self.core.membership
+        if node_id not in m.ids():
+            deliver(Outcome(True, None))
+            return
+        voters = {k: v for k, v in m.voters.items() if k != node_id}
+        if not voters:
+            deliver(Outcome(False, error="bad_request", message="cannot remove the last voter"))
+            return
+        learners = {k: v for k, v in m.learners.items() if k != node_id}
+        self._promote.pop(node_id, None)
+        self._propose_membership(Membership(voters, learners), deliver)
+
+    def _maybe_promote(self) -> None:
+        """Promote learners that asked to be voters once they have caught up."""
+        if self.core.role != Role.LEADER or not self._promote:
+            return
+        status = self.core.status()
+        m = self.core.membership
+        for node_id in list(self._promote):
+            if node_id not in m.learners:
+                self._promote.pop(node_id)
+                continue
+            progress = status.progress.get(node_id)
+            if progress is None or status.commit - progress.match > self.config.max_batch:
+                continue
+            voters = {**m.voters, node_id: m.learners[node_id]}
+            learners = {k: v for k, v in m.learners.items() if k != node_id}
+
+            def done(outcome: Outcome, nid: str = node_id) -> None:
+                if outcome.ok:
+                    self._promote.pop(nid, None)
+
+            self._propose_membership(Membership(voters, learners), done)
+            return
+
+    def _do_transfer(self, to: str | None, deliver: Deliver) -> None:
+        if self.core.role != Role.LEADER:
+            deliver(self._not_leader())
+            return
+        status = self.core.status()
+        if to is None:
+            candidates = [(p.match, nid) for nid, p in status.progress.items()
+                          if nid != self.config.node_id and nid in self.core.membership.voters]
+            if not candidates:
+                deliver(Outcome(False, error="bad_request", message="no other voter to transfer to"))
+                return
+            to = max(candidates)[1]
+        try:
+            self.core.transfer_leader(to)
+        except (ValueError, core_raft.NotLeader) as exc:
+            deliver(Outcome(False, error="bad_request", message=str(exc)))
+            return
+        self.log.info("leader_transfer", target=to)
+        deliver(Outcome(True, to))
+
+    def _start_join_thread(self, endpoint: str) -> None:
+        """Ask a running cluster to add this node (as a learner that gets promoted)."""
+        from zraft.client import Client
+
+        def join() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not self._stopped.is_set():
+                try:
+                    with Client([endpoint], cluster_id=self.config.cluster_id,
+                                timeout=5.0) as client:
+                        client.add_member(self.config.node_id, self.config.address, voter=True)
+                    self.log.info("join_requested", endpoint=endpoint)
+                    return
+                except ZraftError as exc:
+                    self.log.warning("join_retry", endpoint=endpoint, error=str(exc))
+                    time.sleep(1.0)
+
+        threading.Thread(target=join, name="zraft-join", daemon=True).start()
+
+    # ------------------------------------------------------------------ periodic work
+
+    def _housekeeping(self, now: float) -> None:
+        self._expire(now)
+        self._maybe_promote()
+
+    def _expire(self, now: float) -> None:
+        expired = [i for i, p in self._pending.items() if p.deadline < now]
+        for index in expired:
+            self._pending.pop(index).deliver(Outcome(False, error="unknown_outcome",
+                                                     message="not committed in time"))
+        if self._reads_waiting or self._reads_by_ctx:
+            for ctx, reads in list(self._reads_by_ctx.items()):
+                if all(r.deadline < now for r in reads):
+                    del self._reads_by_ctx[ctx]
+                    for r in reads:
+                        r.deliver(Outcome(False, error="timeout", message="read not confirmed in time"))
+
+    def _status(self) -> dict[str, Any]:
+        s = self.core.status()
+        snap = self.storage.snapshot_meta()
+        m = s.membership
+        return {
+            "id": s.id, "role": s.role.value, "term": s.term, "leader": s.leader,
+            "commit": s.commit, "applied": self._applied, "last_index": s.last_index,
+            "first_index": s.first_index, "snapshot_index": snap.index if snap else 0,
+            "voters": sorted(m.voters), "learners": sorted(m.learners),
+            "address": self.config.address, "storage_error": self._storage_error,
+            "pending": len(self._pending),
+            "peers": {nid: {"match": p.match, "next": p.next, "state": str(p.state)}
+                      for nid, p in s.progress.items()},
+        }
+
+
+__all__ = ["BusyError", "ChangeInProgress", "CommandFailed", "Node", "NoSuchCommand",
+           "NotLeaderError", "Outcome", "StorageFailedError"]
