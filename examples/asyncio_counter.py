@@ -11,8 +11,9 @@ import zraft
 async def main() -> None:
     addr = "tcp://127.0.0.1:7201"
     with tempfile.TemporaryDirectory() as tmp:
-        node = zraft.Node(zraft.Config(node_id="a1", bind=addr, peers={"a1": addr},
-                                       data_dir=f"{tmp}/a1"))  # the built-in KV
+        node = zraft.Node(
+            zraft.Config(node_id="a1", bind=addr, peers={"a1": addr}, data_dir=f"{tmp}/a1")
+        )  # the built-in KV
         node.start()
         try:
             while node.status()["role"] != "leader":

@@ -32,8 +32,12 @@ class Counter(zraft.StateMachine):
 def main() -> None:
     peers = {f"n{i}": f"tcp://127.0.0.1:{7100 + i}" for i in (1, 2, 3)}
     with tempfile.TemporaryDirectory() as tmp:
-        nodes = [zraft.Node(zraft.Config(node_id=n, bind=a, peers=peers, data_dir=f"{tmp}/{n}"),
-                            Counter()).start() for n, a in peers.items()]
+        nodes = [
+            zraft.Node(
+                zraft.Config(node_id=n, bind=a, peers=peers, data_dir=f"{tmp}/{n}"), Counter()
+            ).start()
+            for n, a in peers.items()
+        ]
         while not (leaders := [n for n in nodes if n.status()["role"] == "leader"]):
             time.sleep(0.05)
         for _ in range(10):

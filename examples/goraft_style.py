@@ -21,8 +21,9 @@ def main() -> None:
 
     addr = "tcp://127.0.0.1:7301"
     with tempfile.TemporaryDirectory() as tmp:
-        node = zraft.Node(zraft.Config(node_id="g1", bind=addr, peers={"g1": addr},
-                                       data_dir=f"{tmp}/g1"), sm)
+        node = zraft.Node(
+            zraft.Config(node_id="g1", bind=addr, peers={"g1": addr}, data_dir=f"{tmp}/g1"), sm
+        )
         node.on("leader_change", lambda ev: print(f"leader: {ev.prev or '-'} -> {ev.value}"))
         node.start()
         while node.status()["role"] != "leader":

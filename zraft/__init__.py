@@ -23,36 +23,44 @@ _EXPORTS = {
     **{
         name: "zraft.errors"
         for name in (
-            "ApplicationError", "BusyError", "ChangeInProgress", "CommandFailed", "ConfigError",
-            "NodeStopped", "NoSuchCommand", "NotLeaderError", "ReadTimeout",
-            "StorageFailedError", "UnknownOutcome", "ZraftError",
+            "ApplicationError",
+            "BusyError",
+            "ChangeInProgress",
+            "CommandFailed",
+            "ConfigError",
+            "NodeStopped",
+            "NoSuchCommand",
+            "NotLeaderError",
+            "ReadTimeout",
+            "StorageFailedError",
+            "UnknownOutcome",
+            "ZraftError",
         )
     },
 }
 
-__all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from zraft.client import Client
-    from zraft.config import Config
-    from zraft.errors import (
-        ApplicationError,
-        BusyError,
-        ChangeInProgress,
-        CommandFailed,
-        ConfigError,
-        NodeStopped,
-        NoSuchCommand,
-        NotLeaderError,
-        ReadTimeout,
-        StorageFailedError,
-        UnknownOutcome,
-        ZraftError,
-    )
-    from zraft.events import Event
-    from zraft.kv import KV
-    from zraft.node import Node
-    from zraft.statemachine import StateMachine, command, query
+    from zraft.client import Client as Client
+    from zraft.config import Config as Config
+    from zraft.errors import ApplicationError as ApplicationError
+    from zraft.errors import BusyError as BusyError
+    from zraft.errors import ChangeInProgress as ChangeInProgress
+    from zraft.errors import CommandFailed as CommandFailed
+    from zraft.errors import ConfigError as ConfigError
+    from zraft.errors import NodeStopped as NodeStopped
+    from zraft.errors import NoSuchCommand as NoSuchCommand
+    from zraft.errors import NotLeaderError as NotLeaderError
+    from zraft.errors import ReadTimeout as ReadTimeout
+    from zraft.errors import StorageFailedError as StorageFailedError
+    from zraft.errors import UnknownOutcome as UnknownOutcome
+    from zraft.errors import ZraftError as ZraftError
+    from zraft.events import Event as Event
+    from zraft.kv import KV as KV
+    from zraft.node import Node as Node
+    from zraft.statemachine import StateMachine as StateMachine
+    from zraft.statemachine import command as command
+    from zraft.statemachine import query as query
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,7 @@
-"""The ``zraft`` command. Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 cluster unreachable."""
+"""The ``zraft`` command.
+
+Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 cluster unreachable.
+"""
 
 from __future__ import annotations
 
@@ -51,8 +54,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from zraft.node import Node
 
     peers = parse_cluster(args.cluster) if args.cluster else {}
-    overrides: dict[str, Any] = {"node_id": args.id, "data_dir": args.data_dir, "join": args.join,
-                                 "curve_keys": args.curve_keys, "cluster_id": args.cluster_id}
+    overrides: dict[str, Any] = {
+        "node_id": args.id,
+        "data_dir": args.data_dir,
+        "join": args.join,
+        "curve_keys": args.curve_keys,
+        "cluster_id": args.cluster_id,
+    }
     if args.bind:
         overrides["bind"] = args.bind
     elif args.id in peers:
@@ -92,17 +100,31 @@ def _client(args: argparse.Namespace, timeout: float = 10.0) -> Any:
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Render rows as an aligned text table (no colours: scripts read it too)."""
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-              for i, c in enumerate(columns)]
+    widths = [
+        max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
+        for i, c in enumerate(columns)
+    ]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
 
 
-STATUS_COLUMNS = ["id", "role", "term", "leader", "commit", "applied", "last_index", "lag", "address"]
+STATUS_COLUMNS = [
+    "id",
+    "role",
+    "term",
+    "leader",
+    "commit",
+    "applied",
+    "last_index",
+    "lag",
+    "address",
+]
 
 
-def cluster_status(endpoints: list[str], cluster_id: str, timeout: float = 1.5) -> list[dict[str, Any]]:
+def cluster_status(
+    endpoints: list[str], cluster_id: str, timeout: float = 1.5
+) -> list[dict[str, Any]]:
     """Ask every endpoint (and every member they name) for its status; unreachable nodes say so."""
     from zraft.client import Client
 
@@ -118,8 +140,9 @@ def cluster_status(endpoints: list[str], cluster_id: str, timeout: float = 1.5) 
             try:
                 st = client.status(ep, timeout=timeout)
             except ZraftError as exc:
-                rows.setdefault(ep, {"id": "?", "role": "unreachable", "address": ep,
-                                     "error": str(exc)})
+                rows.setdefault(
+                    ep, {"id": "?", "role": "unreachable", "address": ep, "error": str(exc)}
+                )
                 continue
             st["address"] = ep
             rows[ep] = st
@@ -165,7 +188,11 @@ def cmd_members(args: argparse.Namespace) -> int:
             rows += [{"id": k, "kind": "learner", "address": v} for k, v in m["learners"].items()]
             for r in rows:
                 r["leader"] = "*" if r["id"] == m["leader"] else ""
-            print(format_table(sorted(rows, key=lambda r: r["id"]), ["id", "kind", "leader", "address"]))
+            print(
+                format_table(
+                    sorted(rows, key=lambda r: r["id"]), ["id", "kind", "leader", "address"]
+                )
+            )
     return EXIT_OK
 
 
@@ -226,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     def cluster_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--endpoints", "--endpoint", required=True,
-                        help="comma-separated node addresses")
+        sp.add_argument(
+            "--endpoints", "--endpoint", required=True, help="comma-separated node addresses"
+        )
         sp.add_argument("--cluster-id", default="zraft")
 
     st = sub.add_parser("status", help="a table of every node's role, term and indexes")

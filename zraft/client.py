@@ -41,10 +41,16 @@ class Client:
     ``(server_public_key, client_public_key, client_secret_key)`` triple.
     """
 
-    def __init__(self, endpoints: Sequence[str] | str, *, cluster_id: str = "zraft",
-                 timeout: float = 10.0, attempt_timeout: float = 2.0,
-                 curve: tuple[bytes, bytes, bytes] | None = None,
-                 client_id: bytes | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        cluster_id: str = "zraft",
+        timeout: float = 10.0,
+        attempt_timeout: float = 2.0,
+        curve: tuple[bytes, bytes, bytes] | None = None,
+        client_id: bytes | None = None,
+    ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         if not endpoints:
@@ -70,8 +76,9 @@ class Client:
             seq = next(self._seq)
             return self._request("apply", name, args, timeout, seq=seq)
 
-    def query(self, name: str, *args: Any, consistency: str = "linearizable",
-              timeout: float | None = None) -> Any:
+    def query(
+        self, name: str, *args: Any, consistency: str = "linearizable", timeout: float | None = None
+    ) -> Any:
         """Run query ``name(*args)`` with "linearizable", "lease" or "local" consistency."""
         with self._lock:
             return self._request("query", name, args, timeout, consistency=consistency)
@@ -91,8 +98,9 @@ class Client:
             result: dict[str, Any] = self._request("members", "", (), timeout)
             return result
 
-    def add_member(self, node_id: str, address: str, voter: bool = True,
-                   timeout: float | None = None) -> None:
+    def add_member(
+        self, node_id: str, address: str, voter: bool = True, timeout: float | None = None
+    ) -> None:
         with self._lock:
             self._request("add_member", "", (node_id, address, voter), timeout)
 
@@ -184,9 +192,17 @@ class Client:
             if isinstance(msg, ClientReply) and msg.req_id == req.req_id:
                 return msg
 
-    def _request(self, kind: str, name: str, args: tuple[Any, ...], timeout: float | None,
-                 *, seq: int = 0, consistency: str = "linearizable",
-                 leader_only: bool = True) -> Any:
+    def _request(
+        self,
+        kind: str,
+        name: str,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        *,
+        seq: int = 0,
+        consistency: str = "linearizable",
+        leader_only: bool = True,
+    ) -> Any:
         total = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + total
         maybe_applied = False
@@ -197,9 +213,16 @@ class Client:
             if remaining <= 0:
                 break
             endpoint = self.endpoints[self._current % len(self.endpoints)]
-            req = ClientRequest(next(self._req_ids), kind, name, args,
-                                self.client_id if seq else b"", seq, consistency,
-                                int(max(remaining, 0.001) * 1000))
+            req = ClientRequest(
+                next(self._req_ids),
+                kind,
+                name,
+                args,
+                self.client_id if seq else b"",
+                seq,
+                consistency,
+                int(max(remaining, 0.001) * 1000),
+            )
             reply = self._exchange(endpoint, req, min(self.attempt_timeout, remaining))
             if reply is None:
                 maybe_applied = maybe_applied or kind == "apply"
@@ -220,8 +243,10 @@ class Client:
             time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, 0.5)
         if maybe_applied:
-            raise UnknownOutcome(f"{kind} {name!r}: no definite answer within {total:.1f}s "
-                                 f"(last: {last_error}); it may have been applied")
+            raise UnknownOutcome(
+                f"{kind} {name!r}: no definite answer within {total:.1f}s "
+                f"(last: {last_error}); it may have been applied"
+            )
         if isinstance(last_error, NotLeaderError | BusyError):
             raise last_error
         raise ReadTimeout(f"{kind} {name!r}: no answer within {total:.1f}s (last: {last_error})")

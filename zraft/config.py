@@ -83,9 +83,21 @@ class Config:
             raise ConfigError(f"fsync {self.fsync!r}: 'always' or 'never'")
         if self.lease_reads and not self.check_quorum:
             raise ConfigError("lease_reads needs check_quorum")
-        positive = ("tick_ms", "election_ticks", "heartbeat_ticks", "segment_bytes", "max_batch",
-                    "max_pending", "max_msg_bytes", "max_inflight_msgs", "request_timeout_ms",
-                    "session_window", "max_sessions", "snapshot_chunk_bytes", "keep_snapshots")
+        positive = (
+            "tick_ms",
+            "election_ticks",
+            "heartbeat_ticks",
+            "segment_bytes",
+            "max_batch",
+            "max_pending",
+            "max_msg_bytes",
+            "max_inflight_msgs",
+            "request_timeout_ms",
+            "session_window",
+            "max_sessions",
+            "snapshot_chunk_bytes",
+            "keep_snapshots",
+        )
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be > 0")

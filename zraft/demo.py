@@ -29,16 +29,20 @@ def run_demo(nodes: int = 3, writes: int = 300, keep: bool = False, base_port: i
             for i in range(half):
                 client.apply("put", f"key-{i}", i)
             elapsed = time.monotonic() - t0
-            _say(f"wrote {half} keys through the cluster in {elapsed:.2f}s "
-                 f"({half / elapsed:.0f} sequential writes/s, each fsynced on a majority)")
+            _say(
+                f"wrote {half} keys through the cluster in {elapsed:.2f}s "
+                f"({half / elapsed:.0f} sequential writes/s, each fsynced on a majority)"
+            )
             pid = cluster.nodes[leader].pid
             _say(f"killing leader {leader} (SIGKILL pid {pid})")
             killed_at = time.monotonic()
             cluster.kill(leader, signal.SIGKILL)
             client.apply("put", f"key-{half}", half)  # retries until a new leader commits it
             new_leader = cluster.wait_for_leader(timeout=30, exclude=leader)
-            _say(f"{new_leader} took over; first write committed "
-                 f"{time.monotonic() - killed_at:.2f}s after the kill")
+            _say(
+                f"{new_leader} took over; first write committed "
+                f"{time.monotonic() - killed_at:.2f}s after the kill"
+            )
             for i in range(half + 1, writes):
                 client.apply("put", f"key-{i}", i)
             _say(f"wrote {writes - half} more keys with {leader} down")
@@ -55,8 +59,10 @@ def run_demo(nodes: int = 3, writes: int = 300, keep: bool = False, base_port: i
         print(format_table(rows, STATUS_COLUMNS), flush=True)
         _say(f"the store holds {target} keys on every node; no acknowledged write was lost")
         if keep:
-            _say(f"data and JSON logs kept in {cluster.base_dir} "
-                 f"(try: zraft tail --timeline {cluster.base_dir}/logs/*.jsonl)")
+            _say(
+                f"data and JSON logs kept in {cluster.base_dir} "
+                f"(try: zraft tail --timeline {cluster.base_dir}/logs/*.jsonl)"
+            )
         return 0
     except (ZraftError, TimeoutError) as exc:
         _say(f"demo failed: {type(exc).__name__}: {exc} (logs: {cluster.base_dir / 'logs'})")

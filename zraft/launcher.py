@@ -58,23 +58,40 @@ class NodeProc:
 class LocalCluster:
     """N node processes on 127.0.0.1 with JSON logs in ``base_dir/logs``."""
 
-    def __init__(self, nodes: int = 3, *, base_dir: str | Path | None = None, app: str | None = None,
-                 fsync: str = "always", host: str = "127.0.0.1", base_port: int = 0,
-                 config_toml: str | None = None, keep: bool = False,
-                 cluster_id: str = "zraft") -> None:
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        base_dir: str | Path | None = None,
+        app: str | None = None,
+        fsync: str = "always",
+        host: str = "127.0.0.1",
+        base_port: int = 0,
+        config_toml: str | None = None,
+        keep: bool = False,
+        cluster_id: str = "zraft",
+        hosts: list[str] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="zraft-cluster-"))
         self.keep = keep
         self.app, self.fsync, self.host, self.cluster_id = app, fsync, host, cluster_id
         self.config_toml = config_toml
+        #: one loopback address per node (e.g. 127.0.0.1..3) lets a nemesis partition by IP
+        self.hosts = hosts or [host] * nodes
+        assert len(self.hosts) == nodes, "one host per node"
+        self.extra_args = extra_args or []
         ports = [base_port + i for i in range(nodes)] if base_port else free_ports(nodes, host)
         self.nodes: dict[str, NodeProc] = {}
         for i, port in enumerate(ports, start=1):
-            self._new_node(f"n{i}", f"tcp://{host}:{port}")
+            self._new_node(f"n{i}", f"tcp://{self.hosts[i - 1]}:{port}")
         self.cluster_spec = ",".join(f"{n.node_id}={n.address}" for n in self.nodes.values())
 
     def _new_node(self, node_id: str, address: str) -> NodeProc:
-        node = NodeProc(node_id, address, self.base_dir / node_id, self.base_dir / "logs" / f"{node_id}.jsonl")
+        node = NodeProc(
+            node_id, address, self.base_dir / node_id, self.base_dir / "logs" / f"{node_id}.jsonl"
+        )
         self.nodes[node_id] = node
         return node
 
@@ -83,10 +100,24 @@ class LocalCluster:
         return [n.address for n in self.nodes.values()]
 
     def _command(self, node: NodeProc, join: str | None) -> list[str]:
-        cmd = [sys.executable, "-m", "zraft.cli", "run", "--id", node.node_id,
-               "--data-dir", str(node.data_dir), "--log-format", "json",
-               "--log-file", str(node.log_file), "--fsync", self.fsync,
-               "--cluster-id", self.cluster_id]
+        cmd = [
+            sys.executable,
+            "-m",
+            "zraft.cli",
+            "run",
+            "--id",
+            node.node_id,
+            "--data-dir",
+            str(node.data_dir),
+            "--log-format",
+            "json",
+            "--log-file",
+            str(node.log_file),
+            "--fsync",
+            self.fsync,
+            "--cluster-id",
+            self.cluster_id,
+        ]
         if join:
             cmd += ["--bind", node.address, "--join", join]
         else:
@@ -95,7 +126,7 @@ class LocalCluster:
             cmd += ["--app", self.app]
         if self.config_toml:
             cmd += ["--config", self.config_toml]
-        return cmd + node.extra_args
+        return cmd + self.extra_args + node.extra_args
 
     def start(self, node_id: str | None = None, join: str | None = None) -> None:
         """Start one node (or all that are not running)."""
@@ -106,14 +137,21 @@ class LocalCluster:
                 continue
             node.data_dir.mkdir(parents=True, exist_ok=True)
             stderr = open(self.base_dir / "logs" / f"{node.node_id}.stderr", "ab")  # noqa: SIM115
-            node.proc = subprocess.Popen(self._command(node, join), stdout=subprocess.DEVNULL,
-                                         stderr=stderr, stdin=subprocess.DEVNULL)
+            node.proc = subprocess.Popen(
+                self._command(node, join),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+            )
             stderr.close()
 
-    def add_node(self, node_id: str | None = None, join: str | None = None) -> NodeProc:
+    def add_node(
+        self, node_id: str | None = None, join: str | None = None, host: str | None = None
+    ) -> NodeProc:
         """Create and start a new node that joins through ``join`` (default: any member)."""
         node_id = node_id or f"n{len(self.nodes) + 1}"
-        node = self._new_node(node_id, f"tcp://{self.host}:{free_ports(1, self.host)[0]}")
+        host = host or self.host
+        node = self._new_node(node_id, f"tcp://{host}:{free_ports(1, host)[0]}")
         self.start(node_id, join=join or ",".join(self.endpoints[:-1]))
         return node
 
@@ -155,13 +193,19 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             sts = self.statuses()
-            leaders = {nid for nid, s in sts.items() if s.get("role") == "leader" and nid != exclude}
+            leaders = {
+                nid for nid, s in sts.items() if s.get("role") == "leader" and nid != exclude
+            }
             if len(leaders) == 1:
                 return leaders.pop()
             time.sleep(0.05)
-        raise TimeoutError(f"no single leader within {timeout}s; see logs in {self.base_dir / 'logs'}")
+        raise TimeoutError(
+            f"no single leader within {timeout}s; see logs in {self.base_dir / 'logs'}"
+        )
 
-    def wait_applied(self, index: int, node_ids: list[str] | None = None, timeout: float = 60.0) -> None:
+    def wait_applied(
+        self, index: int, node_ids: list[str] | None = None, timeout: float = 60.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         ids = node_ids or [n for n, p in self.nodes.items() if p.alive()]
         while time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""The node actor: one reactor thread that owns the core, the disk, the sockets and the state machine.
+"""The node actor: one reactor thread owning the core, the disk, the sockets, the state machine.
 
 Everything that changes Raft state happens on the reactor thread, in this order
 per batch (the core's Ready contract): persist (one fsync), send, apply, advance.
@@ -76,8 +76,15 @@ class Outcome:
     address: str = ""
 
     def to_reply(self, req_id: int) -> ClientReply:
-        return ClientReply(req_id, self.ok, self.result if self.ok else None, self.error,
-                           self.message, self.leader, self.address)
+        return ClientReply(
+            req_id,
+            self.ok,
+            self.result if self.ok else None,
+            self.error,
+            self.message,
+            self.leader,
+            self.address,
+        )
 
     def unwrap(self) -> Any:
         if self.ok:
@@ -163,8 +170,9 @@ class Node:
         """Open storage, bind sockets and run the reactor in a daemon thread."""
         if self._thread is not None:
             raise RuntimeError("node already started")
-        self._thread = threading.Thread(target=self._thread_main, name=f"zraft-{self.config.node_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"zraft-{self.config.node_id}", daemon=True
+        )
         self._thread.start()
         if not self._running.wait(timeout) or self._start_error is not None:
             self._thread.join(timeout=5)
@@ -205,8 +213,9 @@ class Node:
         fut = self._submit_apply(name, args, timeout)
         return self._wait(fut, timeout, unknown=True)
 
-    def query(self, name: str, *args: Any, consistency: str = "linearizable",
-              timeout: float | None = None) -> Any:
+    def query(
+        self, name: str, *args: Any, consistency: str = "linearizable", timeout: float | None = None
+    ) -> Any:
         """Run read-only query ``name(*args)``: "linearizable" (ReadIndex), "lease", or "local"."""
         fut = self._submit_query(name, args, consistency, timeout)
         return self._wait(fut, timeout, unknown=False)
@@ -216,8 +225,9 @@ class Node:
         outcome: Outcome = await asyncio.wrap_future(fut)
         return outcome.unwrap()
 
-    async def query_async(self, name: str, *args: Any, consistency: str = "linearizable",
-                          timeout: float | None = None) -> Any:
+    async def query_async(
+        self, name: str, *args: Any, consistency: str = "linearizable", timeout: float | None = None
+    ) -> Any:
         fut = self._submit_query(name, args, consistency, timeout)
         outcome: Outcome = await asyncio.wrap_future(fut)
         return outcome.unwrap()
@@ -240,8 +250,9 @@ class Node:
         except concurrent.futures.TimeoutError:
             return dict(self._last_status)
 
-    def add_member(self, node_id: str, address: str, voter: bool = True,
-                   timeout: float | None = None) -> None:
+    def add_member(
+        self, node_id: str, address: str, voter: bool = True, timeout: float | None = None
+    ) -> None:
         """Add a node as a learner; if ``voter``, promote it once it has caught up."""
         self._call_outcome(lambda d: self._do_add_member(node_id, address, voter, d), timeout)
 
@@ -277,8 +288,9 @@ class Node:
         seconds = timeout if timeout is not None else self.config.request_timeout_ms / 1000
         return time.monotonic() + seconds
 
-    def _submit_apply(self, name: str, args: tuple[Any, ...],
-                      timeout: float | None) -> concurrent.futures.Future[Outcome]:
+    def _submit_apply(
+        self, name: str, args: tuple[Any, ...], timeout: float | None
+    ) -> concurrent.futures.Future[Outcome]:
         if not isinstance(name, str):
             raise TypeError("command name must be a str")
         self._check_running()
@@ -288,8 +300,9 @@ class Node:
         self._post(lambda: self._enqueue_proposal(data, fut.set_result, deadline))
         return fut
 
-    def _submit_query(self, name: str, args: tuple[Any, ...], consistency: str,
-                      timeout: float | None) -> concurrent.futures.Future[Outcome]:
+    def _submit_query(
+        self, name: str, args: tuple[Any, ...], consistency: str, timeout: float | None
+    ) -> concurrent.futures.Future[Outcome]:
         if consistency not in ("linearizable", "lease", "local"):
             raise ValueError(f"consistency {consistency!r}: linearizable, lease or local")
         self._check_running()
@@ -304,14 +317,17 @@ class Node:
         self._post(lambda: body(fut.set_result))
         return self._wait(fut, timeout, unknown=True)
 
-    def _wait(self, fut: concurrent.futures.Future[Outcome], timeout: float | None,
-              unknown: bool) -> Any:
+    def _wait(
+        self, fut: concurrent.futures.Future[Outcome], timeout: float | None, unknown: bool
+    ) -> Any:
         seconds = (timeout if timeout is not None else self.config.request_timeout_ms / 1000) + 1.0
         try:
             outcome = fut.result(seconds)
         except concurrent.futures.TimeoutError:
             if unknown:
-                raise UnknownOutcome("no answer in time; the command may have been applied") from None
+                raise UnknownOutcome(
+                    "no answer in time; the command may have been applied"
+                ) from None
             raise ReadTimeout("no answer in time") from None
         return outcome.unwrap()
 
@@ -338,8 +354,12 @@ class Node:
 
     def _open(self) -> None:
         cfg = self.config
-        self.storage = Storage.open(cfg.data_dir, segment_bytes=cfg.segment_bytes, fsync=cfg.fsync,
-                                    keep_snapshots=cfg.keep_snapshots)
+        self.storage = Storage.open(
+            cfg.data_dir,
+            segment_bytes=cfg.segment_bytes,
+            fsync=cfg.fsync,
+            keep_snapshots=cfg.keep_snapshots,
+        )
         if self.storage.is_empty():
             if cfg.peers:
                 self.storage.bootstrap(Membership(voters=dict(cfg.peers)))
@@ -351,11 +371,16 @@ class Node:
         self._restore_from_snapshot()
         seed = cfg.seed if cfg.seed is not None else hash((cfg.node_id, time.time_ns()))
         core_cfg = core_raft.CoreConfig(
-            node_id=cfg.node_id, election_ticks=cfg.election_ticks,
-            heartbeat_ticks=cfg.heartbeat_ticks, pre_vote=cfg.pre_vote,
-            check_quorum=cfg.check_quorum, lease_reads=cfg.lease_reads,
-            max_msg_bytes=cfg.max_msg_bytes, max_inflight_msgs=cfg.max_inflight_msgs,
-            snapshot_chunk_bytes=cfg.snapshot_chunk_bytes, seed=seed & 0xFFFFFFFF,
+            node_id=cfg.node_id,
+            election_ticks=cfg.election_ticks,
+            heartbeat_ticks=cfg.heartbeat_ticks,
+            pre_vote=cfg.pre_vote,
+            check_quorum=cfg.check_quorum,
+            lease_reads=cfg.lease_reads,
+            max_msg_bytes=cfg.max_msg_bytes,
+            max_inflight_msgs=cfg.max_inflight_msgs,
+            snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
+            seed=seed & 0xFFFFFFFF,
         )
         self.core = core_raft.Raft(core_cfg, self.storage, applied=self._applied)
         membership = self.core.membership
@@ -366,14 +391,27 @@ class Node:
             from zraft.security import CurveSetup
 
             curve = CurveSetup.from_dir(cfg.curve_keys, cfg.node_id)
-        self.transport = Transport(self._ctx, cfg.node_id, cfg.bind, self._peer_addrs(membership),
-                                   cfg.cluster_id, curve=curve, max_msg_bytes=cfg.max_frame_bytes)
+        self.transport = Transport(
+            self._ctx,
+            cfg.node_id,
+            cfg.bind,
+            self._peer_addrs(membership),
+            cfg.cluster_id,
+            curve=curve,
+            max_msg_bytes=cfg.max_frame_bytes,
+        )
         self._wake = self._ctx.socket(zmq.PULL)
         self._wake.setsockopt(zmq.LINGER, 0)
         self._wake.bind(self._wake_addr)
-        self.log.info("node_started", address=cfg.address, term=self.core.term,
-                      voters=sorted(membership.voters), learners=sorted(membership.learners),
-                      last_index=self.storage.last_index(), applied=self._applied)
+        self.log.info(
+            "node_started",
+            address=cfg.address,
+            term=self.core.term,
+            voters=sorted(membership.voters),
+            learners=sorted(membership.learners),
+            last_index=self.storage.last_index(),
+            applied=self._applied,
+        )
         self.events.emit("node_started", cfg.node_id, None)
         if cfg.join and not membership.ids():
             self._start_join_thread(cfg.join)
@@ -435,14 +473,22 @@ class Node:
         self._run_queued_calls()
         stopped = Outcome(False, error="stopped", message="node stopped")
         for p in self._pending.values():
-            p.deliver(Outcome(False, error="unknown_outcome",
-                              message="node stopped before the command was known to commit"))
+            p.deliver(
+                Outcome(
+                    False,
+                    error="unknown_outcome",
+                    message="node stopped before the command was known to commit",
+                )
+            )
         self._pending.clear()
         for _, deliver, _ in self._proposals:
             deliver(stopped)
         self._proposals.clear()
-        for reads in [self._reads_new, *self._reads_by_ctx.values(),
-                      *(r for _, r in self._reads_waiting)]:
+        for reads in [
+            self._reads_new,
+            *self._reads_by_ctx.values(),
+            *(r for _, r in self._reads_waiting),
+        ]:
             for r in reads:
                 r.deliver(stopped)
         if self._snapshot_thread is not None:
@@ -506,8 +552,12 @@ class Node:
         elif kind == "members":
             deliver(Outcome(True, self._members()))
         elif kind == "add_member" and len(req.args) >= 2:
-            self._do_add_member(str(req.args[0]), str(req.args[1]),
-                                bool(req.args[2]) if len(req.args) > 2 else True, deliver)
+            self._do_add_member(
+                str(req.args[0]),
+                str(req.args[1]),
+                bool(req.args[2]) if len(req.args) > 2 else True,
+                deliver,
+            )
         elif kind == "remove_member" and len(req.args) == 1:
             self._do_remove_member(str(req.args[0]), deliver)
         elif kind == "transfer":
@@ -522,8 +572,13 @@ class Node:
     def _not_leader(self) -> Outcome:
         leader = self.core.leader
         address = self.core.membership.address(leader) or "" if leader else ""
-        return Outcome(False, error="not_leader", message=f"{self.config.node_id} is not the leader",
-                       leader=leader, address=address)
+        return Outcome(
+            False,
+            error="not_leader",
+            message=f"{self.config.node_id} is not the leader",
+            leader=leader,
+            address=address,
+        )
 
     def _enqueue_proposal(self, data: bytes, deliver: Deliver, deadline: float) -> None:
         if self._closing:
@@ -533,7 +588,9 @@ class Node:
         elif self.core.role != Role.LEADER:
             deliver(self._not_leader())
         elif len(self._pending) + len(self._proposals) >= self.config.max_pending:
-            deliver(Outcome(False, error="busy", message="too many commands in flight; retry later"))
+            deliver(
+                Outcome(False, error="busy", message="too many commands in flight; retry later")
+            )
         else:
             self._proposals.append((data, deliver, deadline))
 
@@ -559,8 +616,9 @@ class Node:
         if self._closing:
             read.deliver(Outcome(False, error="stopped", message="node stopped"))
         elif self.sm.query_handler(read.name) is None:
-            read.deliver(Outcome(False, error="no_such_command",
-                                 message=f"no query named {read.name!r}"))
+            read.deliver(
+                Outcome(False, error="no_such_command", message=f"no query named {read.name!r}")
+            )
         elif consistency == "local":
             self._serve_reads([read])
         elif self.core.role != Role.LEADER:
@@ -619,7 +677,9 @@ class Node:
         try:
             if rd.hard_state is not None:
                 if rd.hard_state.vote and rd.hard_state.vote != self._vote:
-                    self.log.info("vote_cast", term=rd.hard_state.term, candidate=rd.hard_state.vote)
+                    self.log.info(
+                        "vote_cast", term=rd.hard_state.term, candidate=rd.hard_state.vote
+                    )
                 self._vote = rd.hard_state.vote
                 self.storage.set_hard_state(rd.hard_state)
             for chunk in rd.snapshot_chunks:
@@ -660,8 +720,11 @@ class Node:
 
     def _fail_reads_on_step_down(self) -> None:
         out = self._not_leader()
-        for reads in [self._reads_new, *self._reads_by_ctx.values(),
-                      *(r for _, r in self._reads_waiting)]:
+        for reads in [
+            self._reads_new,
+            *self._reads_by_ctx.values(),
+            *(r for _, r in self._reads_waiting),
+        ]:
             for r in reads:
                 r.deliver(out)
         self._reads_new, self._reads_by_ctx = [], {}
@@ -669,8 +732,12 @@ class Node:
 
     def _on_config_appended(self, membership: Membership, index: int) -> None:
         self.transport.set_peers(self._peer_addrs(membership))
-        self.log.info("membership_change", voters=sorted(membership.voters),
-                      learners=sorted(membership.learners), index=index)
+        self.log.info(
+            "membership_change",
+            voters=sorted(membership.voters),
+            learners=sorted(membership.learners),
+            index=index,
+        )
 
     # ------------------------------------------------------------------ applying committed entries
 
@@ -688,8 +755,13 @@ class Node:
             pending = self._pending.pop(e.index, None)
             if pending is not None:
                 if pending.term != e.term:
-                    pending.deliver(Outcome(False, error="not_leader",
-                                            message="leadership changed; command was not committed"))
+                    pending.deliver(
+                        Outcome(
+                            False,
+                            error="not_leader",
+                            message="leadership changed; command was not committed",
+                        )
+                    )
                 elif isinstance(outcome, Outcome):
                     pending.deliver(outcome)
                 else:
@@ -716,8 +788,11 @@ class Node:
             if seen is not None:
                 return Outcome(seen[0], seen[1], seen[2], seen[3])
             if session.results and seq < next(iter(session.results)):
-                return Outcome(False, error="unknown_outcome",
-                               message="sequence number older than the session window")
+                return Outcome(
+                    False,
+                    error="unknown_outcome",
+                    message="sequence number older than the session window",
+                )
         handler = self.sm.command_handler(name)
         if handler is None:
             out = Outcome(False, error="no_such_command", message=f"no command named {name!r}")
@@ -775,11 +850,17 @@ class Node:
     def _restore_from_snapshot(self) -> None:
         meta = self.storage.snapshot_meta()
         if meta is None:
+            # nothing applied yet: the membership in force at index 0 is the bootstrap one
+            self._applied_membership = self.storage.bootstrap_membership()
             return
         started = time.monotonic()
         self._load_snapshot(meta)
-        self.log.info("snapshot_restored", index=meta.index, size=meta.size,
-                      duration_ms=round((time.monotonic() - started) * 1000, 1))
+        self.log.info(
+            "snapshot_restored",
+            index=meta.index,
+            size=meta.size,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
 
     def _install_snapshot(self, meta: SnapshotMeta) -> None:
         started = time.monotonic()
@@ -789,11 +870,14 @@ class Node:
             return
         self._load_snapshot(meta)
         for index in [i for i in self._pending if i <= meta.index]:
-            self._pending.pop(index).deliver(Outcome(False, error="unknown_outcome",
-                                                     message="replaced by a snapshot"))
+            self._pending.pop(index).deliver(
+                Outcome(False, error="unknown_outcome", message="replaced by a snapshot")
+            )
         self.transport.set_peers(self._peer_addrs(meta.membership))
         duration_ms = round((time.monotonic() - started) * 1000, 1)
-        self.log.info("snapshot_installed", index=meta.index, size=meta.size, duration_ms=duration_ms)
+        self.log.info(
+            "snapshot_installed", index=meta.index, size=meta.size, duration_ms=duration_ms
+        )
         self.events.emit("snapshot_installed", meta.index, meta.size)
 
     def _maybe_snapshot(self) -> None:
@@ -813,8 +897,11 @@ class Node:
         """Capture state on the reactor; write and fsync it on a helper thread."""
         if self._snapshot_thread is not None or not self.sm.supports_snapshots():
             if deliver is not None:
-                reason = "a snapshot is already being written" if self._snapshot_thread else \
-                    "the state machine does not implement snapshot()"
+                reason = (
+                    "a snapshot is already being written"
+                    if self._snapshot_thread
+                    else "the state machine does not implement snapshot()"
+                )
                 deliver(Outcome(False, error="busy", message=reason))
             return
         index, term, membership = self._applied, self._applied_term, self._applied_membership
@@ -838,8 +925,13 @@ class Node:
         self._snapshot_thread = threading.Thread(target=write, name="zraft-snapshot", daemon=True)
         self._snapshot_thread.start()
 
-    def _snapshot_written(self, meta: SnapshotMeta | None, started: float,
-                          deliver: Deliver | None, err: Exception | None) -> None:
+    def _snapshot_written(
+        self,
+        meta: SnapshotMeta | None,
+        started: float,
+        deliver: Deliver | None,
+        err: Exception | None,
+    ) -> None:
         if self._snapshot_thread is not None:
             self._snapshot_thread.join()
         self._snapshot_thread = None
@@ -874,8 +966,13 @@ class Node:
             deliver(self._not_leader())
             return False
         except core_raft.ChangeInProgress:
-            deliver(Outcome(False, error="change_in_progress",
-                            message="another membership change is in flight; retry"))
+            deliver(
+                Outcome(
+                    False,
+                    error="change_in_progress",
+                    message="another membership change is in flight; retry",
+                )
+            )
             return False
         self._pending[index] = _Pending(term, deliver, self._deadline(None))
         return True
@@ -932,10 +1029,15 @@ class Node:
             return
         status = self.core.status()
         if to is None:
-            candidates = [(p.match, nid) for nid, p in status.progress.items()
-                          if nid != self.config.node_id and nid in self.core.membership.voters]
+            candidates = [
+                (p.match, nid)
+                for nid, p in status.progress.items()
+                if nid != self.config.node_id and nid in self.core.membership.voters
+            ]
             if not candidates:
-                deliver(Outcome(False, error="bad_request", message="no other voter to transfer to"))
+                deliver(
+                    Outcome(False, error="bad_request", message="no other voter to transfer to")
+                )
                 return
             to = max(candidates)[1]
         try:
@@ -954,8 +1056,9 @@ class Node:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not self._stopped.is_set():
                 try:
-                    with Client([endpoint], cluster_id=self.config.cluster_id,
-                                timeout=5.0) as client:
+                    with Client(
+                        [endpoint], cluster_id=self.config.cluster_id, timeout=5.0
+                    ) as client:
                         client.add_member(self.config.node_id, self.config.address, voter=True)
                     self.log.info("join_requested", endpoint=endpoint)
                     return
@@ -974,30 +1077,51 @@ class Node:
     def _expire(self, now: float) -> None:
         expired = [i for i, p in self._pending.items() if p.deadline < now]
         for index in expired:
-            self._pending.pop(index).deliver(Outcome(False, error="unknown_outcome",
-                                                     message="not committed in time"))
+            self._pending.pop(index).deliver(
+                Outcome(False, error="unknown_outcome", message="not committed in time")
+            )
         if self._reads_waiting or self._reads_by_ctx:
             for ctx, reads in list(self._reads_by_ctx.items()):
                 if all(r.deadline < now for r in reads):
                     del self._reads_by_ctx[ctx]
                     for r in reads:
-                        r.deliver(Outcome(False, error="timeout", message="read not confirmed in time"))
+                        r.deliver(
+                            Outcome(False, error="timeout", message="read not confirmed in time")
+                        )
 
     def _status(self) -> dict[str, Any]:
         s = self.core.status()
         snap = self.storage.snapshot_meta()
         m = s.membership
         return {
-            "id": s.id, "role": s.role.value, "term": s.term, "leader": s.leader,
-            "commit": s.commit, "applied": self._applied, "last_index": s.last_index,
-            "first_index": s.first_index, "snapshot_index": snap.index if snap else 0,
-            "voters": sorted(m.voters), "learners": sorted(m.learners),
-            "address": self.config.address, "storage_error": self._storage_error,
+            "id": s.id,
+            "role": s.role.value,
+            "term": s.term,
+            "leader": s.leader,
+            "commit": s.commit,
+            "applied": self._applied,
+            "last_index": s.last_index,
+            "first_index": s.first_index,
+            "snapshot_index": snap.index if snap else 0,
+            "voters": sorted(m.voters),
+            "learners": sorted(m.learners),
+            "address": self.config.address,
+            "storage_error": self._storage_error,
             "pending": len(self._pending),
-            "peers": {nid: {"match": p.match, "next": p.next, "state": str(p.state)}
-                      for nid, p in s.progress.items()},
+            "peers": {
+                nid: {"match": p.match, "next": p.next, "state": str(p.state)}
+                for nid, p in s.progress.items()
+            },
         }
 
 
-__all__ = ["BusyError", "ChangeInProgress", "CommandFailed", "Node", "NoSuchCommand",
-           "NotLeaderError", "Outcome", "StorageFailedError"]
+__all__ = [
+    "BusyError",
+    "ChangeInProgress",
+    "CommandFailed",
+    "NoSuchCommand",
+    "Node",
+    "NotLeaderError",
+    "Outcome",
+    "StorageFailedError",
+]

@@ -29,7 +29,9 @@ def parse_value(text: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--endpoints", default=DEFAULT_ENDPOINTS)
-    p.add_argument("--consistency", default="linearizable", choices=["linearizable", "lease", "local"])
+    p.add_argument(
+        "--consistency", default="linearizable", choices=["linearizable", "lease", "local"]
+    )
     p.add_argument("op", choices=["put", "get", "delete", "cas"])
     p.add_argument("key")
     p.add_argument("values", nargs="*")

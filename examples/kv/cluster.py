@@ -1,7 +1,7 @@
 """Launch a local replicated key-value cluster of N node processes and keep it running.
 
-    python examples/kv/cluster.py --nodes 3            # Ctrl-C stops every node and cleans up
-    python examples/kv/client.py put x 1               # in another terminal
+python examples/kv/cluster.py --nodes 3            # Ctrl-C stops every node and cleans up
+python examples/kv/client.py put x 1               # in another terminal
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="default: a temp dir removed on exit")
     p.add_argument("--endpoints-file", default=None, help="write the endpoints here once up")
     args = p.parse_args(argv)
-    cluster = LocalCluster(args.nodes, base_port=args.base_port,
-                           base_dir=Path(args.data_dir) if args.data_dir else None)
+    cluster = LocalCluster(
+        args.nodes,
+        base_port=args.base_port,
+        base_dir=Path(args.data_dir) if args.data_dir else None,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

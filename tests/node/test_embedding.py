@@ -42,17 +42,25 @@ class Counter(zraft.StateMachine):
 def _single(tmp_path: Path, sm: zraft.StateMachine) -> zraft.Node:
     port = free_ports(1)[0]
     addr = f"tcp://127.0.0.1:{port}"
-    return zraft.Node(zraft.Config(node_id="solo", bind=addr, peers={"solo": addr},
-                                   data_dir=str(tmp_path / "solo")), sm)
+    return zraft.Node(
+        zraft.Config(
+            node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(tmp_path / "solo")
+        ),
+        sm,
+    )
 
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[list[zraft.Node]]:
     ports = free_ports(3)
     peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
-    nodes = [zraft.Node(zraft.Config(node_id=nid, bind=addr, peers=peers,
-                                     data_dir=str(tmp_path / nid)), Counter())
-             for nid, addr in peers.items()]
+    nodes = [
+        zraft.Node(
+            zraft.Config(node_id=nid, bind=addr, peers=peers, data_dir=str(tmp_path / nid)),
+            Counter(),
+        )
+        for nid, addr in peers.items()
+    ]
     for n in nodes:
         n.start()
     try:
@@ -103,7 +111,12 @@ def test_single_node_commands_queries_errors_and_events(tmp_path: Path) -> None:
 def test_runtime_registered_handlers(tmp_path: Path) -> None:
     sm = zraft.StateMachine()
     log: list[str] = []
-    sm.register_command("append", lambda s: log.append(s) or len(log))
+
+    def append(item: str) -> int:
+        log.append(item)
+        return len(log)
+
+    sm.register_command("append", append)
     sm.register_query("items", lambda: list(log))
     with _single(tmp_path, sm) as node:
         _wait_leader([node])

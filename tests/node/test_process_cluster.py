@@ -62,7 +62,7 @@ def test_five_nodes_survive_leader_kill(tmp_path: Path) -> None:
 def test_retry_with_lost_reply_applies_once(cluster3: LocalCluster) -> None:
     leader = cluster3.wait_for_leader(timeout=30)
     address = cluster3.nodes[leader].address
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     client_id, seq = os.urandom(16), 1
     request = ClientRequest(1, "apply", "incr", ("once",), client_id, seq)
     # first attempt: it is applied, but the client never hears back (we drop the reply)
@@ -77,8 +77,9 @@ def test_retry_with_lost_reply_applies_once(cluster3: LocalCluster) -> None:
     # the retry carries the same session and sequence number: it must return the first
     # result, not apply again
     with Client([address], client_id=client_id, timeout=30) as retry:
-        reply = retry._exchange(address, ClientRequest(2, "apply", "incr", ("once",),
-                                                       client_id, seq), 10.0)
+        reply = retry._exchange(
+            address, ClientRequest(2, "apply", "incr", ("once",), client_id, seq), 10.0
+        )
         assert isinstance(reply, ClientReply) and reply.ok and reply.result == 1
     with cluster3.client(timeout=30) as client:
         assert client.query("get", "once") == 1, "a retried command was applied twice"
@@ -88,7 +89,7 @@ def test_retry_with_lost_reply_applies_once(cluster3: LocalCluster) -> None:
 def test_bad_input_is_dropped_and_node_keeps_serving(cluster3: LocalCluster) -> None:
     leader = cluster3.wait_for_leader(timeout=30)
     target = cluster3.nodes[leader]
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     garbage = [
         b"",
         os.urandom(64),
