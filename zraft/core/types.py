@@ -35,7 +35,7 @@ class Entry(NamedTuple):
     """
 
     term: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose
     type: EntryType
     data: bytes
 

@@ -1,0 +1,313 @@
+"""One test per rule of the Raft paper §5.1-5.4 (in the spirit of etcd's raft_paper_test.go).
+
+Each test drives a single core by hand: messages in with step(), Ready out,
+persisted into a MemoryStorage, then advance().
+"""
+
+from __future__ import annotations
+
+from zraft.core import (
+    AppendEntries,
+    AppendResponse,
+    CoreConfig,
+    Entry,
+    EntryType,
+    HardState,
+    Heartbeat,
+    Membership,
+    Message,
+    Raft,
+    Ready,
+    RequestVote,
+    Role,
+    VoteResponse,
+)
+from zraft.testing.memory import MemoryStorage
+
+PEERS = ("n1", "n2", "n3")
+
+
+def make(
+    node: str = "n1",
+    peers: tuple[str, ...] = PEERS,
+    log: list[tuple[int, int]] | None = None,
+    term: int = 0,
+    **kw: object,
+) -> Raft:
+    """A core with a pre-filled log of (term, index) NORMAL entries; pre-vote off."""
+    st = MemoryStorage(Membership(voters={p: p for p in peers}))
+    if log:
+        st.append([Entry(t, i, EntryType.NORMAL, b"x%d" % i) for t, i in log])
+    if term:
+        st.set_hard_state(HardState(term, ""))
+    kw.setdefault("pre_vote", False)
+    kw.setdefault("check_quorum", False)
+    return Raft(CoreConfig(node_id=node, **kw), st)  # type: ignore[arg-type]
+
+
+def drive(r: Raft) -> Ready:
+    """Act as the driver: persist, then advance. Returns the Ready."""
+    rd = r.ready()
+    st = r.storage
+    assert isinstance(st, MemoryStorage)
+    if rd.hard_state is not None:
+        st.set_hard_state(rd.hard_state)
+    st.append(rd.entries)
+    r.advance(rd)
+    return rd
+
+
+def msgs(r: Raft) -> list[Message]:
+    out: list[Message] = []
+    while r.has_ready():
+        out += drive(r).messages
+    return out
+
+
+def elect(r: Raft) -> None:
+    """Make ``r`` leader of PEERS via real votes."""
+    r.campaign()
+    for m in msgs(r):
+        if isinstance(m, RequestVote):
+            r.step(VoteResponse(m.term, m.to, r.id, True))
+    assert r.role is Role.LEADER
+
+
+def test_5_1_higher_term_makes_any_role_a_follower() -> None:
+    """§5.1: a node seeing a larger term updates its term and reverts to follower."""
+    for role_setup in ("follower", "candidate", "leader"):
+        r = make()
+        if role_setup == "candidate":
+            r.campaign()
+        elif role_setup == "leader":
+            elect(r)
+        new_term = r.term + 5
+        r.step(Heartbeat(new_term, "n2", "n1", 0))
+        assert (r.role, r.term, r.leader, r.vote) == (Role.FOLLOWER, new_term, "n2", "")
+
+
+def test_5_1_stale_term_request_is_rejected() -> None:
+    """§5.1: a request with a stale term is rejected; the reply carries the current term."""
+    r = make(term=5, check_quorum=True)
+    r.step(AppendEntries(3, "n2", "n1", 0, 0, (Entry(3, 1, EntryType.NORMAL, b"a"),), 0))
+    out = msgs(r)
+    assert r.last_index == 0, "stale entries must not be appended"
+    assert [type(m) for m in out] == [AppendResponse] and out[0].term == 5
+
+
+def test_5_2_follower_times_out_and_becomes_candidate() -> None:
+    """§5.2: no word from a leader for an election timeout -> new term, vote self, ask all."""
+    r = make()
+    for _ in range(2 * r.config.election_ticks):
+        r.tick()
+    assert r.role is Role.CANDIDATE and r.term == 1 and r.vote == "n1"
+    out = msgs(r)
+    assert sorted(m.to for m in out if isinstance(m, RequestVote)) == ["n2", "n3"]
+
+
+def test_5_2_election_timeouts_are_randomized_per_node_and_seed() -> None:
+    """§5.2: timeouts are drawn from [T, 2T) so split votes resolve."""
+    seen: set[int] = set()
+    for seed in range(20):
+        r = make(seed=seed)
+        ticks = 0
+        while r.role is Role.FOLLOWER:
+            r.tick()
+            ticks += 1
+        assert r.config.election_ticks <= ticks < 2 * r.config.election_ticks
+        seen.add(ticks)
+    assert len(seen) > 3
+
+
+def test_5_2_candidate_with_majority_becomes_leader_and_asserts_itself() -> None:
+    """§5.2: votes from a majority win; the leader then sends to every follower."""
+    r = make()
+    r.campaign()
+    msgs(r)
+    r.step(VoteResponse(1, "n2", "n1", True))
+    assert r.role is Role.LEADER
+    out = msgs(r)
+    assert sorted(m.to for m in out if isinstance(m, AppendEntries)) == ["n2", "n3"]
+
+
+def test_5_2_candidate_loses_on_majority_of_rejections() -> None:
+    r = make()
+    r.campaign()
+    msgs(r)
+    r.step(VoteResponse(1, "n2", "n1", False))
+    r.step(VoteResponse(1, "n3", "n1", False))
+    assert r.role is Role.FOLLOWER and r.term == 1
+
+
+def test_5_2_candidate_yields_to_leader_of_same_term() -> None:
+    """§5.2: a candidate receiving AppendEntries from a leader of its term steps down."""
+    r = make()
+    r.campaign()
+    r.step(AppendEntries(1, "n2", "n1", 0, 0, (), 0))
+    assert r.role is Role.FOLLOWER and r.leader == "n2"
+
+
+def test_5_2_one_vote_per_term_first_come_first_served() -> None:
+    """§5.2: each server votes for at most one candidate per term (and persists it)."""
+    r = make()
+    r.step(RequestVote(1, "n2", "n1", 0, 0))
+    rd = drive(r)
+    assert rd.hard_state == HardState(1, "n2")
+    assert [m.granted for m in rd.messages if isinstance(m, VoteResponse)] == [True]
+    r.step(RequestVote(1, "n3", "n1", 0, 0))
+    r.step(RequestVote(1, "n2", "n1", 0, 0))  # a retry from the same candidate is granted
+    grants = [m.granted for m in msgs(r) if isinstance(m, VoteResponse)]
+    assert grants == [False, True]
+
+
+def test_5_2_split_vote_starts_a_new_term_after_timeout() -> None:
+    r = make()
+    r.campaign()
+    for _ in range(2 * r.config.election_ticks):
+        r.tick()
+    assert r.role is Role.CANDIDATE and r.term == 2
+
+
+def test_5_2_leader_sends_heartbeats_every_heartbeat_interval() -> None:
+    r = make(heartbeat_ticks=2)
+    elect(r)
+    msgs(r)
+    r.tick()
+    assert not [m for m in msgs(r) if isinstance(m, Heartbeat)]
+    r.tick()
+    assert sorted(m.to for m in msgs(r) if isinstance(m, Heartbeat)) == ["n2", "n3"]
+
+
+def test_5_3_leader_appends_proposals_and_replicates_them() -> None:
+    """§5.3: the leader appends the command to its log and sends AppendEntries."""
+    r = make()
+    elect(r)
+    msgs(r)
+    for peer in ("n2", "n3"):
+        r.step(AppendResponse(1, peer, "n1", 1))
+    term, index = r.propose([b"a", b"b"])
+    rd = r.ready()
+    assert (term, index) == (1, 2)
+    assert [e.data for e in rd.entries] == [b"a", b"b"]
+    sent = [m for m in rd.messages if isinstance(m, AppendEntries)]
+    assert sorted(m.to for m in sent) == ["n2", "n3"]
+    assert all([e.index for e in m.entries] == [2, 3] for m in sent)
+
+
+def test_5_3_follower_rejects_when_prev_entry_does_not_match() -> None:
+    """§5.3: the consistency check refuses entries whose predecessor differs."""
+    r = make(log=[(1, 1), (1, 2)], term=2)
+    r.step(AppendEntries(2, "n2", "n1", 2, 2, (Entry(2, 3, EntryType.NORMAL, b"z"),), 0))
+    out = msgs(r)
+    assert isinstance(out[0], AppendResponse) and out[0].reject
+    assert (out[0].hint_term, out[0].hint_index) == (1, 1)
+    assert r.last_index == 2
+
+
+def test_5_3_follower_deletes_conflicting_suffix_and_appends() -> None:
+    """§5.3: a conflicting entry and all that follow it are replaced by the leader's."""
+    r = make(log=[(1, 1), (1, 2), (1, 3)], term=2)
+    new = (Entry(2, 2, EntryType.NORMAL, b"n2"), Entry(2, 3, EntryType.NORMAL, b"n3"))
+    r.step(AppendEntries(2, "n2", "n1", 1, 1, new, 0))
+    rd = drive(r)
+    assert [(e.term, e.index) for e in rd.entries] == [(2, 2), (2, 3)]
+    storage = r.storage
+    assert [storage.term(i) for i in (1, 2, 3)] == [1, 2, 2]
+    assert any(isinstance(m, AppendResponse) and m.index == 3 for m in rd.messages)
+
+
+def test_5_3_duplicate_append_does_not_truncate() -> None:
+    """§5.3: an already-present prefix is not truncated by a stale/duplicated append."""
+    r = make(log=[(1, 1), (1, 2), (1, 3)], term=1)
+    r.step(AppendEntries(1, "n2", "n1", 0, 0, (Entry(1, 1, EntryType.NORMAL, b"x1"),), 0))
+    msgs(r)
+    assert r.last_index == 3
+
+
+def test_5_3_leader_commits_once_a_majority_stores_the_entry() -> None:
+    """§5.3: an entry is committed once replicated on a majority; followers learn it."""
+    r = make()
+    elect(r)
+    msgs(r)
+    r.propose([b"a"])
+    msgs(r)
+    assert r.commit == 0
+    r.step(AppendResponse(1, "n2", "n1", 2))
+    rd = drive(r)
+    assert r.commit == 2
+    assert [e.index for e in rd.committed_entries] == [1, 2]
+    f = make("n2", term=1)
+    f.step(AppendEntries(1, "n1", "n2", 0, 0, tuple(r.log.entries(1, 3, 1 << 20)), 2))
+    rd = drive(f)
+    assert f.commit == 2 and [e.index for e in rd.committed_entries] == [1, 2]
+
+
+def test_5_3_committed_entries_are_applied_in_order_once() -> None:
+    r = make(peers=("n1",))
+    r.campaign()
+    assert r.role is Role.LEADER
+    applied: list[int] = []
+    for batch in ([b"a"], [b"b", b"c"]):
+        r.propose(batch)
+        while r.has_ready():
+            applied += [e.index for e in drive(r).committed_entries]
+    assert applied == [1, 2, 3, 4]
+    assert r.applied == 4
+
+
+def test_5_4_1_vote_denied_to_a_less_up_to_date_candidate() -> None:
+    """§5.4.1: vote only if the candidate's log is at least as up-to-date (term, then index)."""
+    cases = [((1, 5), False), ((2, 1), False), ((2, 2), True), ((3, 1), True)]
+    for n, ((last_term, last_index), ok) in enumerate(cases):
+        r = make(log=[(1, 1), (2, 2)], term=2)
+        r.step(RequestVote(3, "n2", "n1", last_index, last_term))
+        got = [m.granted for m in msgs(r) if isinstance(m, VoteResponse)]
+        assert got == [ok], f"case {n}"
+
+
+def test_5_4_2_previous_term_entries_are_not_committed_by_counting() -> None:
+    """§5.4.2 / Figure 8: only current-term entries commit by replica count."""
+    r = make(log=[(1, 1), (2, 2)], term=2)
+    elect(r)
+    assert r.term == 3
+    out = msgs(r)
+    assert any(isinstance(m, AppendEntries) for m in out)
+    r.step(AppendResponse(3, "n2", "n1", 2))
+    msgs(r)
+    assert r.commit == 0, "index 2 is from term 2: a majority copy does not commit it"
+    r.step(AppendResponse(3, "n2", "n1", 3))
+    msgs(r)
+    assert r.commit == 3
+
+
+def test_5_4_2_new_leader_appends_a_noop_in_its_term() -> None:
+    r = make(log=[(1, 1)], term=1)
+    elect(r)
+    rd = r.ready()
+    assert [(e.term, e.index, e.type) for e in rd.entries] == [(2, 2, EntryType.NOOP)]
+
+
+def test_persist_before_send_vote_and_hard_state_share_a_ready() -> None:
+    """A vote leaves only in the same Ready as the hard state that records it."""
+    r = make()
+    r.step(RequestVote(1, "n3", "n1", 0, 0))
+    rd = r.ready()
+    assert rd.hard_state == HardState(1, "n3")
+    assert any(isinstance(m, VoteResponse) and m.granted for m in rd.messages)
+
+
+def test_snapshot_failed_discards_the_transfer_and_rejects() -> None:
+    """The driver reports a bad checksum: nothing installs, the leader is told to restart."""
+    from zraft.core import InstallSnapshot, SnapshotMeta, SnapshotResponse
+
+    r = make("n2", term=1)
+    meta = SnapshotMeta(10, 1, Membership(voters={p: p for p in PEERS}), size=4, crc32=0)
+    r.step(InstallSnapshot(1, "n1", "n2", meta, 0, b"da", False))
+    r.step(InstallSnapshot(1, "n1", "n2", meta, 2, b"ta", True))
+    rd = r.ready()
+    assert [c.offset for c in rd.snapshot_chunks] == [0, 2] and rd.snapshot_chunks[-1].done
+    r.snapshot_failed(meta)
+    r.advance(rd)
+    rd = r.ready()
+    assert rd.snapshot is None and r.commit == 0
+    assert any(isinstance(m, SnapshotResponse) and m.reject for m in rd.messages)
