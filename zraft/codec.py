@@ -1,0 +1,465 @@
+"""msgpack encoding of every message, with validation at the boundary.
+
+Wire format: one msgpack array ``[VERSION, cluster_id, tag, field, field, ...]``
+with the fields in dataclass order (arrays, not maps: smaller and faster).
+Entries travel as ``[term, index, type, data]`` arrays (an :class:`Entry` is a
+tuple already, so encoding them costs nothing extra); a :class:`SnapshotMeta`
+as ``[index, term, [voters, learners], size, crc32]``.
+
+Everything that arrives from a socket is hostile until proven otherwise:
+:func:`decode` checks the version, the cluster id, the tag, the field count,
+every field's type and range, and entry/membership structure, and raises
+:class:`DecodeError` -- and only :class:`DecodeError` -- for any input bytes.
+
+Arrays inside client ``args``/``result`` come back as lists (msgpack has one
+array type); the top-level ``args`` is a tuple again. Maps need str/bytes keys
+(see :func:`decode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import Any, NoReturn
+
+import msgpack
+
+from zraft.core.types import (
+    MESSAGE_TYPES,
+    AppendEntries,
+    AppendResponse,
+    Entry,
+    EntryType,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Membership,
+    Message,
+    RequestVote,
+    SnapshotMeta,
+    SnapshotResponse,
+    TimeoutNow,
+    VoteResponse,
+)
+from zraft.protocol import (
+    CONSISTENCIES,
+    ERROR_CODES,
+    MAX_TIMEOUT_MS,
+    REQUEST_KINDS,
+    ClientReply,
+    ClientRequest,
+)
+
+VERSION = 1
+COMMAND_VERSION = 1
+
+# Limits (TIGER_STYLE: a bound on everything that comes from outside).
+DEFAULT_MAX_BYTES = 64 << 20  #: whole encoded message
+MAX_ID_LEN = 128  #: node id characters
+MAX_ADDRESS_LEN = 1024  #: member address characters
+MAX_MEMBERS = 1024  #: voters + learners in one membership
+MAX_ENTRIES = 1 << 16  #: entries in one AppendEntries
+MAX_CTX_BYTES = 1024  #: ReadIndex context
+MAX_NAME_LEN = 256  #: command/query name, cluster id
+MAX_CLIENT_ID_BYTES = 256  #: exactly-once session id
+MAX_ARGS = 4096  #: top-level command arguments
+MAX_TEXT_LEN = 64 << 10  #: human-readable reply message
+MAX_UINT = (1 << 63) - 1  #: ints stay in a signed 64-bit range for storage
+
+Decoded = Message | ClientRequest | ClientReply
+
+
+class DecodeError(Exception):
+    """Inbound bytes are not a valid message. ``reason`` is a stable snake_case code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _fail(reason: str, detail: str = "") -> NoReturn:
+    raise DecodeError(reason, detail)
+
+
+# --------------------------------------------------------------------------- field checks
+# Each check takes the raw value and the field name, returns the value to store.
+
+
+def _uint(v: Any, name: str) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_UINT:
+        _fail("bad_field", f"{name} must be an int in [0, 2**63)")
+    return v
+
+
+def _bool(v: Any, name: str) -> bool:
+    if type(v) is not bool:
+        _fail("bad_field", f"{name} must be a bool")
+    return v
+
+
+def _node_id(v: Any, name: str) -> str:
+    if type(v) is not str or not 0 < len(v) <= MAX_ID_LEN:
+        _fail("bad_field", f"{name} must be a node id (1..{MAX_ID_LEN} chars)")
+    return v
+
+
+def _opt_node_id(v: Any, name: str) -> str:
+    if type(v) is not str or len(v) > MAX_ID_LEN:
+        _fail("bad_field", f"{name} must be a node id or empty")
+    return v
+
+
+def _bounded_str(limit: int) -> Callable[[Any, str], str]:
+    def check(v: Any, name: str) -> str:
+        if type(v) is not str or len(v) > limit:
+            _fail("bad_field", f"{name} must be a str of at most {limit} chars")
+        return v
+
+    return check
+
+
+def _bounded_bytes(limit: int) -> Callable[[Any, str], bytes]:
+    def check(v: Any, name: str) -> bytes:
+        if type(v) is not bytes or len(v) > limit:
+            _fail("bad_field", f"{name} must be bytes of at most {limit}")
+        return v
+
+    return check
+
+
+def _any_bytes(v: Any, name: str) -> bytes:
+    if type(v) is not bytes:
+        _fail("bad_field", f"{name} must be bytes")
+    return v
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[Any, str], str]:
+    def check(v: Any, name: str) -> str:
+        if type(v) is not str or v not in choices:
+            _fail("bad_field", f"{name} must be one of {', '.join(choices)}")
+        return v
+
+    return check
+
+
+def _anything(v: Any, name: str) -> Any:
+    return v
+
+
+def _args(v: Any, name: str) -> tuple[Any, ...]:
+    if type(v) is not list or len(v) > MAX_ARGS:
+        _fail("bad_field", f"{name} must be an array of at most {MAX_ARGS} values")
+    return tuple(v)
+
+
+def _membership(v: Any, name: str) -> Membership:
+    if type(v) is not list or len(v) != 2:
+        _fail("bad_membership", f"{name} must be [voters, learners]")
+    voters, learners = v
+    for part in (voters, learners):
+        if type(part) is not dict:
+            _fail("bad_membership", "voters and learners are maps")
+        for node, address in part.items():
+            _node_id(node, "member id")
+            _bounded_str(MAX_ADDRESS_LEN)(address, "member address")
+    if len(voters) + len(learners) > MAX_MEMBERS or voters.keys() & learners.keys():
+        _fail("bad_membership", "too many members or a node both voter and learner")
+    return Membership(voters=voters, learners=learners)
+
+
+def _snapshot_meta(v: Any, name: str) -> SnapshotMeta:
+    if type(v) is not list or len(v) != 5:
+        _fail("bad_snapshot_meta", f"{name} must be [index, term, membership, size, crc32]")
+    index, term, membership, size, crc32 = v
+    _uint(index, "meta.index")
+    _uint(term, "meta.term")
+    _uint(size, "meta.size")
+    if type(crc32) is not int or not 0 <= crc32 <= 0xFFFFFFFF:
+        _fail("bad_snapshot_meta", "meta.crc32 must be a 32-bit unsigned int")
+    return SnapshotMeta(index, term, _membership(membership, "meta.membership"), size, crc32)
+
+
+_ENTRY_TYPES: tuple[EntryType, ...] = tuple(EntryType)
+assert all(t.value == i for i, t in enumerate(_ENTRY_TYPES)), "EntryType values are 0..n-1"
+
+
+def _entries(raw: Any, prev_index: int, prev_term: int, term: int) -> tuple[Entry, ...]:
+    """Rebuild Entry tuples: contiguous after prev_index, terms non-decreasing, <= term.
+
+    The hot path of replication: one pass, type checks by identity, no copies of data.
+    """
+    if type(raw) is not list or len(raw) > MAX_ENTRIES:
+        _fail("bad_entries", f"entries must be an array of at most {MAX_ENTRIES}")
+    out = []
+    expect = prev_index + 1
+    last_term = prev_term
+    n_types = len(_ENTRY_TYPES)
+    for e in raw:
+        if type(e) is not list or len(e) != 4:
+            _fail("bad_entries", "an entry is [term, index, type, data]")
+        t, i, ty, d = e
+        if type(t) is not int or type(i) is not int or type(ty) is not int or type(d) is not bytes:
+            _fail("bad_entries", "entry field types")
+        if i != expect or not last_term <= t <= term or not 0 <= ty < n_types:
+            _fail("bad_entries", f"entry {i}: not contiguous, bad term or bad type")
+        et = _ENTRY_TYPES[ty]
+        if et is EntryType.CONFIG:
+            _config_data(d)
+        out.append(Entry(t, i, et, d))
+        expect += 1
+        last_term = t
+    return tuple(out)
+
+
+def _config_data(data: bytes) -> None:
+    """A CONFIG entry must hold a membership within the same limits as the wire's."""
+    try:
+        m = Membership.decode(data)
+    except (ValueError, TypeError, AssertionError, RecursionError) as exc:
+        _fail("bad_entries", f"CONFIG entry is not a membership: {type(exc).__name__}")
+    members = {**m.voters, **m.learners}
+    if len(members) > MAX_MEMBERS or any(
+        len(i) > MAX_ID_LEN or len(a) > MAX_ADDRESS_LEN for i, a in members.items()
+    ):
+        _fail("bad_entries", "CONFIG membership exceeds member/id/address limits")
+
+
+# --------------------------------------------------------------------------- schemas
+
+Check = Callable[[Any, str], Any]
+
+_CTX = _bounded_bytes(MAX_CTX_BYTES)
+_SCHEMAS: dict[type, tuple[tuple[str, Check], ...]] = {
+    AppendEntries: (
+        ("term", _uint),
+        ("frm", _node_id),
+        ("to", _node_id),
+        ("prev_index", _uint),
+        ("prev_term", _uint),
+        ("entries", _anything),  # checked against prev_index/prev_term/term afterwards
+        ("commit", _uint),
+    ),
+    AppendResponse: (
+        ("term", _uint),
+        ("frm", _node_id),
+        ("to", _node_id),
+        ("index", _uint),
+        ("reject", _bool),
+        ("hint_term", _uint),
+        ("hint_index", _uint),
+    ),
+    RequestVote: (
+        ("term", _uint),
+        ("frm", _node_id),
+        ("to", _node_id),
+        ("last_index", _uint),
+        ("last_term", _uint),
+        ("pre_vote", _bool),
+        ("transfer", _bool),
+    ),
+    VoteResponse: (
+        ("term", _uint),
+        ("frm", _node_id),
+        ("to", _node_id),
+        ("granted", _bool),
+        ("pre_vote", _bool),
+    ),
+    Heartbeat: (
+        ("term", _uint),
+        ("frm", _node_id),
+        ("to", _node_id),
+        ("commit", _uint),
+        ("ctx", _CTX),
+    ),
+    HeartbeatResponse: (("term", _uint), ("frm", _node_id), ("to", _node_id), ("ctx", _CTX)),
+    InstallSnapshot: (
+        ("term", _uint),
+        ("frm", _node_id),
+        ("to", _node_id),
+        ("meta", _snapshot_meta),
+        ("offset", _uint),
+        ("data", _any_bytes),
+        ("done", _bool),
+    ),
+    SnapshotResponse: (
+        ("term", _uint),
+        ("frm", _node_id),
+        ("to", _node_id),
+        ("index", _uint),
+        ("offset", _uint),
+        ("done", _bool),
+        ("reject", _bool),
+    ),
+    TimeoutNow: (("term", _uint), ("frm", _node_id), ("to", _node_id)),
+    ClientRequest: (
+        ("req_id", _uint),
+        ("kind", _one_of(REQUEST_KINDS)),
+        ("name", _bounded_str(MAX_NAME_LEN)),
+        ("args", _args),
+        ("client_id", _bounded_bytes(MAX_CLIENT_ID_BYTES)),
+        ("seq", _uint),
+        ("consistency", _one_of(CONSISTENCIES)),
+        ("timeout_ms", _uint),
+    ),
+    ClientReply: (
+        ("req_id", _uint),
+        ("ok", _bool),
+        ("result", _anything),
+        ("error", _bounded_str(MAX_NAME_LEN)),
+        ("message", _bounded_str(MAX_TEXT_LEN)),
+        ("leader", _opt_node_id),
+        ("leader_address", _bounded_str(MAX_ADDRESS_LEN)),
+    ),
+}
+
+#: Wire tags: Raft messages 1..9 in MESSAGE_TYPES order, client messages from 16. Never reuse one.
+_TAGS: dict[type, int] = {cls: i + 1 for i, cls in enumerate(MESSAGE_TYPES)}
+_TAGS[ClientRequest] = 16
+_TAGS[ClientReply] = 17
+_BY_TAG: dict[int, type] = {tag: cls for cls, tag in _TAGS.items()}
+_RAFT_TYPES = frozenset(MESSAGE_TYPES)
+assert set(_SCHEMAS) == set(_TAGS), "every tagged type has a schema"
+_GETTERS: dict[type, attrgetter[Any]] = {
+    cls: attrgetter(*(name for name, _ in schema)) for cls, schema in _SCHEMAS.items()
+}
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _meta_to_wire(meta: SnapshotMeta) -> list[Any]:
+    m = meta.membership
+    return [meta.index, meta.term, [m.voters, m.learners], meta.size, meta.crc32]
+
+
+def encode(msg: Decoded, cluster_id: str) -> bytes:
+    """Encode a Raft or client message. Trusts its input (our own objects).
+
+    Raises TypeError/ValueError/OverflowError only if a client ``args`` or
+    reply ``result`` holds something msgpack cannot carry.
+    """
+    cls = type(msg)
+    fields = _GETTERS[cls](msg)
+    if cls is InstallSnapshot:
+        assert isinstance(msg, InstallSnapshot)
+        fields = (*fields[:3], _meta_to_wire(msg.meta), *fields[4:])
+    out: bytes = msgpack.packb([VERSION, cluster_id, _TAGS[cls], *fields], use_bin_type=True)
+    return out
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _reject_ext(code: int, data: bytes) -> NoReturn:
+    _fail("bad_msgpack", f"extension type {code} not allowed")
+
+
+def _unpack(data: bytes | memoryview, max_bytes: int, strict_map_key: bool = True) -> Any:
+    if len(data) > max_bytes:
+        _fail("too_large", f"{len(data)} bytes > {max_bytes}")
+    try:
+        return msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=strict_map_key, ext_hook=_reject_ext
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises several types; all mean "not msgpack for us"
+        _fail("bad_msgpack", type(exc).__name__)
+
+
+def decode(
+    data: bytes | memoryview,
+    cluster_id: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    strict_map_key: bool = True,
+) -> Decoded:
+    """Decode and validate one message. Raises DecodeError (and nothing else) on bad input.
+
+    Map keys must be str or bytes: int keys allow hash-collision floods, so a
+    node never accepts them. A client, which trusts the nodes it asks, may pass
+    ``strict_map_key=False`` to accept int-keyed maps in a reply's ``result``.
+    """
+    raw = _unpack(data, max_bytes, strict_map_key)
+    if type(raw) is not list or len(raw) < 3:
+        _fail("bad_envelope", "not [version, cluster_id, tag, ...]")
+    if type(raw[0]) is not int or raw[0] != VERSION:
+        _fail("bad_version", _brief(raw[0]))
+    if type(raw[1]) is not str or raw[1] != cluster_id:
+        _fail("wrong_cluster", _brief(raw[1]))
+    tag = raw[2]
+    cls = _BY_TAG.get(tag) if type(tag) is int else None
+    if cls is None:
+        _fail("unknown_tag", _brief(tag))
+    schema = _SCHEMAS[cls]
+    if len(raw) != 3 + len(schema):
+        _fail("bad_field_count", f"{cls.__name__} has {len(schema)} fields, got {len(raw) - 3}")
+    values = [check(v, name) for (name, check), v in zip(schema, raw[3:], strict=True)]
+    if cls in _RAFT_TYPES:
+        if values[1] == values[2]:
+            _fail("bad_field", "frm == to")
+        if cls is AppendEntries:
+            if values[4] > values[0]:
+                _fail("bad_field", "prev_term > term")
+            values[5] = _entries(values[5], values[3], values[4], values[0])
+    return _construct(cls, values)
+
+
+def _brief(v: Any) -> str:
+    """A short, cheap description of a hostile value for an error detail."""
+    if type(v) in (int, str, bytes):
+        return repr(v)[:48]
+    return type(v).__name__
+
+
+def _construct(cls: type, values: list[Any]) -> Decoded:
+    """Cross-field checks, then build the object."""
+    if cls is ClientRequest and not 0 < values[7] <= MAX_TIMEOUT_MS:
+        _fail("bad_field", "timeout_ms out of range")
+    if cls is ClientReply:
+        ok, error = values[1], values[3]
+        if (ok and error) or (not ok and error not in ERROR_CODES):
+            _fail("bad_field", "error must be empty when ok, else one of ERROR_CODES")
+    try:
+        obj: Decoded = cls(*values)
+    except (
+        AssertionError,
+        TypeError,
+        ValueError,
+    ) as exc:  # belt and braces: asserts in __post_init__
+        _fail("bad_field", f"{cls.__name__}: {exc}")
+    return obj
+
+
+# --------------------------------------------------------------------------- command payloads
+
+
+def encode_command(client_id: bytes, seq: int, name: str, args: tuple[Any, ...]) -> bytes:
+    """The bytes of a NORMAL entry: who asked (exactly-once session), what, with which args.
+
+    Raises ValueError (bad name/seq) or TypeError (args msgpack cannot carry).
+    """
+    if not name or len(name) > MAX_NAME_LEN or not 0 <= seq <= MAX_UINT:
+        raise ValueError("a command has a name of 1..MAX_NAME_LEN chars and a seq in [0, 2**63)")
+    out: bytes = msgpack.packb(
+        [COMMAND_VERSION, client_id, seq, name, list(args)], use_bin_type=True
+    )
+    return out
+
+
+def decode_command(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[bytes, int, str, tuple[Any, ...]]:
+    """Inverse of :func:`encode_command`; DecodeError on anything malformed."""
+    raw = _unpack(data, max_bytes)
+    if type(raw) is not list or len(raw) != 5:
+        _fail("bad_command", "not [version, client_id, seq, name, args]")
+    version, client_id, seq, name, args = raw
+    if type(version) is not int or version != COMMAND_VERSION:
+        _fail("bad_version", f"command version {version!r}"[:48])
+    _bounded_bytes(MAX_CLIENT_ID_BYTES)(client_id, "client_id")
+    _uint(seq, "seq")
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME_LEN:
+        _fail("bad_field", f"name must be 1..{MAX_NAME_LEN} chars")
+    return client_id, seq, name, _args(args, "args")

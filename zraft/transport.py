@@ -1,0 +1,343 @@
+"""ZeroMQ transport: one ROUTER in, one DEALER per peer out, never blocking the reactor.
+
+Why this shape: the reactor is single-threaded and must not stall on a slow or
+dead peer. Outbound Raft messages go on per-peer DEALERs with ``IMMEDIATE``
+and a small send HWM, sent with ``NOBLOCK``; ``zmq.Again`` is a lost message
+(Raft resends). Every inbound byte -- peers and clients alike -- arrives on
+one ROUTER and is validated by the codec; anything bad is counted, logged
+(rate-limited) and dropped, never raised.
+
+Framing: a peer's or client's DEALER sends exactly one frame (the encoded
+message); the ROUTER prepends the sender's routing id, so a valid inbound is
+exactly ``[identity, payload]``. A peer's DEALER routing id is its node id,
+and a Raft message is accepted only if its ``frm`` equals that identity --
+and, with CURVE on, the node id the ZAP handler bound to the sender's key.
+
+Not thread-safe: use a Transport from the one thread that created it. With
+CURVE on, a Transport owns the context's ZAP handler: one per context.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+import zmq
+
+from zraft.codec import MAX_ID_LEN, MAX_MEMBERS, DecodeError, decode, encode
+from zraft.core.types import Message
+from zraft.protocol import ClientReply, ClientRequest
+from zraft.security import ZAP_DOMAIN, CurveAuthenticator, CurveSetup, start_authenticator
+
+Inbound = tuple[bytes, Message | ClientRequest]
+
+STAT_KEYS = (
+    "sent",
+    "send_dropped",
+    "received",
+    "bad_dropped",
+    "bytes_in",
+    "bytes_out",
+    "replies_sent",
+    "replies_dropped",
+)
+
+HEARTBEAT_IVL_MS = 1000  #: ZMTP ping interval: detects dead TCP connections
+HEARTBEAT_TIMEOUT_MS = 5000  #: no traffic for this long closes the connection
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 2000
+WARN_INTERVAL_S = 1.0  #: at most one bad_message_dropped warning per reason per interval
+_ZERO_COPY_MIN_BYTES = 64 << 10  #: below this, copying into zmq is cheaper than tracking
+
+_log = structlog.get_logger("zraft.transport")
+
+
+class Transport:
+    """The node's sockets. See the module docstring for the rules it enforces."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        node_id: str,
+        bind: str,
+        peers: Mapping[str, str],
+        cluster_id: str,
+        *,
+        curve: CurveSetup | None = None,
+        max_msg_bytes: int = 64 << 20,
+        peer_sndhwm: int = 1000,
+    ) -> None:
+        assert 0 < len(node_id) <= MAX_ID_LEN, "node id is 1..MAX_ID_LEN chars"
+        # It becomes the DEALERs' ZMQ routing id: at most 255 bytes, no leading NUL (reserved).
+        assert len(node_id.encode()) <= 255 and not node_id.startswith("\x00"), node_id
+        assert max_msg_bytes > 0 and peer_sndhwm > 0
+        self._ctx = ctx
+        self._node_id = node_id
+        self._identity = node_id.encode()
+        self._cluster_id = cluster_id
+        self._curve = curve
+        self._max_msg_bytes = max_msg_bytes
+        self._peer_sndhwm = peer_sndhwm
+        self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._dealers: dict[str, tuple[str, zmq.Socket[Any]]] = {}
+        self._warned: dict[str, tuple[float, int]] = {}  # reason -> (last warning, suppressed)
+        self._log = _log.bind(node=node_id)
+        self._closed = False
+        # The ZAP handler must exist before the CURVE ROUTER binds, or libzmq admits any key.
+        self._auth: CurveAuthenticator | None = start_authenticator(ctx, curve) if curve else None
+        try:
+            self._router = self._make_router(bind)
+        except BaseException:
+            if self._auth is not None:
+                self._auth.stop()
+            raise
+        self.set_peers(peers)
+
+    # ------------------------------------------------------------------ sockets
+
+    def _make_router(self, bind: str) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self._ctx.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reuses its routing id
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # unroutable replies vanish, never raise
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_msg_bytes)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            if self._curve is not None:
+                sock.setsockopt(zmq.CURVE_SERVER, 1)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret_key)
+                sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+            sock.bind(bind)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
+
+    def _make_dealer(self, peer_id: str, address: str) -> zmq.Socket[Any] | None:
+        server_key = None
+        if self._curve is not None:
+            server_key = self._curve.peer_key(peer_id)
+            if server_key is None:
+                self._log.warning("peer_key_missing", peer=peer_id)
+                return None
+        sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, self._identity)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer we are not connected to
+            sock.setsockopt(zmq.SNDHWM, self._peer_sndhwm)
+            sock.setsockopt(zmq.RCVHWM, 16)  # peers answer on our ROUTER, never here
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_msg_bytes)
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            if self._curve is not None and server_key is not None:
+                sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public_key)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret_key)
+            sock.connect(address)
+        except zmq.ZMQError as exc:  # a bad address in a membership must not kill the reactor
+            sock.close(linger=0)
+            self._log.warning("peer_connect_failed", peer=peer_id, address=address, error=str(exc))
+            return None
+        return sock
+
+    @property
+    def router(self) -> zmq.Socket[Any]:
+        """The inbound socket, for the reactor's Poller."""
+        return self._router
+
+    @property
+    def endpoint(self) -> str:
+        """The address actually bound (resolves a ``tcp://host:*`` bind)."""
+        value = self._router.getsockopt(zmq.LAST_ENDPOINT)
+        assert isinstance(value, bytes)
+        return value.decode()
+
+    def peers(self) -> dict[str, str]:
+        """Peers with an open DEALER: node id -> address."""
+        return {peer: address for peer, (address, _) in self._dealers.items()}
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Membership changed: close DEALERs of removed/moved peers, open new ones.
+
+        This node's own id is ignored, so a whole membership can be passed.
+        """
+        assert len(peers) <= MAX_MEMBERS, "membership size is bounded"
+        wanted = {p: a for p, a in peers.items() if p != self._node_id}
+        for peer, (address, sock) in list(self._dealers.items()):
+            if wanted.get(peer) != address:
+                sock.close(linger=0)
+                del self._dealers[peer]
+        for peer, address in wanted.items():
+            if peer not in self._dealers:
+                assert 0 < len(peer) <= MAX_ID_LEN, "peer id is 1..MAX_ID_LEN chars"
+                dealer = self._make_dealer(peer, address)
+                if dealer is not None:
+                    self._dealers[peer] = (address, dealer)
+
+    # ------------------------------------------------------------------ outbound
+
+    def send(self, msg: Message) -> bool:
+        """Queue ``msg`` for ``msg.to`` without blocking. False (counted) if it was dropped."""
+        assert msg.frm == self._node_id, "a node sends only its own messages"
+        entry = self._dealers.get(msg.to)
+        if entry is None:
+            self._stats["send_dropped"] += 1
+            return False
+        data = encode(msg, self._cluster_id)
+        if (
+            len(data) > self._max_msg_bytes
+        ):  # the peer would cut the connection; the core must split
+            self._stats["send_dropped"] += 1
+            self._log.warning("message_too_large", to=msg.to, size_bytes=len(data))
+            return False
+        try:
+            entry[1].send(data, zmq.NOBLOCK, copy=len(data) < _ZERO_COPY_MIN_BYTES)
+        except zmq.Again:
+            self._stats["send_dropped"] += 1
+            return False
+        except zmq.ZMQError as exc:
+            self._stats["send_dropped"] += 1
+            self._log.warning("send_failed", to=msg.to, error=str(exc))
+            return False
+        self._stats["sent"] += 1
+        self._stats["bytes_out"] += len(data)
+        return True
+
+    def reply(self, identity: bytes, reply: ClientReply) -> None:
+        """Answer a client through the ROUTER; dropped (counted) if it cannot go now."""
+        data = self._encode_reply(reply)
+        try:
+            self._router.send_multipart([identity, data], zmq.NOBLOCK)
+        except zmq.ZMQError:  # Again, or the client is gone
+            self._stats["replies_dropped"] += 1
+            return
+        self._stats["replies_sent"] += 1
+        self._stats["bytes_out"] += len(data)
+
+    def _encode_reply(self, reply: ClientReply) -> bytes:
+        """Encode, turning a result msgpack cannot carry (or too big) into an app_error."""
+        problem = ""
+        try:
+            data = encode(reply, self._cluster_id)
+            if len(data) > self._max_msg_bytes:
+                problem = f"reply of {len(data)} bytes exceeds {self._max_msg_bytes}"
+        except (TypeError, ValueError, OverflowError) as exc:
+            problem = f"result cannot be encoded: {type(exc).__name__}: {exc}"[:200]
+        if not problem:
+            return data
+        self._log.warning("reply_not_encodable", req_id=reply.req_id, problem=problem)
+        fallback = ClientReply(
+            reply.req_id,
+            False,
+            error="app_error",
+            message=problem,
+            leader=reply.leader,
+            leader_address=reply.leader_address,
+        )
+        return encode(fallback, self._cluster_id)
+
+    # ------------------------------------------------------------------ inbound
+
+    def recv(self, max_count: int = 256) -> list[Inbound]:
+        """Drain up to ``max_count`` inbound messages without blocking; bad ones are dropped."""
+        assert max_count > 0
+        out: list[Inbound] = []
+        for _ in range(max_count):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            item = self._accept(frames)
+            if item is not None:
+                out.append(item)
+        return out
+
+    def _accept(self, frames: list[zmq.Frame]) -> Inbound | None:
+        """Validate one inbound message: framing, codec, and who is allowed to say it."""
+        identity = frames[0].bytes
+        self._stats["bytes_in"] += sum(len(f) for f in frames)
+        if len(frames) != 2:
+            self._drop("bad_frame_count", identity, f"{len(frames)} frames")
+            return None
+        payload = frames[1]
+        try:
+            msg = decode(payload.buffer, self._cluster_id, max_bytes=self._max_msg_bytes)
+        except DecodeError as exc:
+            self._drop(exc.reason, identity, exc.detail)
+            return None
+        if isinstance(msg, ClientReply):
+            self._drop("unexpected_reply", identity, "")
+            return None
+        if isinstance(msg, ClientRequest):
+            if self._curve is not None and not _user_id(payload):
+                self._drop("key_mismatch", identity, "client without a User-Id")
+                return None
+        else:
+            problem = self._check_sender(msg, identity, payload)
+            if problem:
+                self._drop(problem, identity, f"frm={msg.frm!r} to={msg.to!r}")
+                return None
+        self._stats["received"] += 1
+        return identity, msg
+
+    def _check_sender(self, msg: Message, identity: bytes, payload: zmq.Frame) -> str:
+        """'' if ``msg`` really comes from ``msg.frm`` and is for us, else a reason code."""
+        if msg.to != self._node_id:
+            return "wrong_recipient"
+        if msg.frm.encode() != identity:
+            return "sender_mismatch"
+        if self._curve is not None and _user_id(payload) != msg.frm:
+            return "key_mismatch"
+        return ""
+
+    def _drop(self, reason: str, identity: bytes, detail: str) -> None:
+        """Count a bad message and warn, at most once per reason per WARN_INTERVAL_S."""
+        self._stats["bad_dropped"] += 1
+        now = time.monotonic()
+        last, suppressed = self._warned.get(reason, (-WARN_INTERVAL_S, 0))
+        if now - last < WARN_INTERVAL_S:
+            self._warned[reason] = (last, suppressed + 1)
+            return
+        self._warned[reason] = (now, 0)
+        sender = identity[:64].decode("utf-8", "backslashreplace")
+        self._log.warning(
+            "bad_message_dropped",
+            reason=reason,
+            sender=sender,
+            detail=detail[:200],
+            suppressed=suppressed,
+        )
+
+    # ------------------------------------------------------------------ misc
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start (see STAT_KEYS)."""
+        return dict(self._stats)
+
+    def close(self) -> None:
+        """Close every socket (linger 0) and stop the ZAP handler. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for _, sock in self._dealers.values():
+            sock.close(linger=0)
+        self._dealers.clear()
+        self._router.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The ZAP User-Id of the connection a frame came in on ('' if none)."""
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        return ""
+    return user if isinstance(user, str) else ""
