@@ -186,7 +186,7 @@ class Client:
                 self._reset(endpoint)
                 return None
             try:
-                msg = codec.decode(sock.recv(), self.cluster_id)
+                msg = codec.decode(sock.recv(), self.cluster_id, strict_map_key=False)
             except codec.DecodeError:
                 continue
             if isinstance(msg, ClientReply) and msg.req_id == req.req_id:

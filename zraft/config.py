@@ -29,7 +29,8 @@ class Config:
     #: The whole cluster (including this node) used to bootstrap a brand-new cluster.
     #: Ignored (with a log line) when the data dir already holds state. Empty with ``join``.
     peers: dict[str, str] = field(default_factory=dict)
-    #: An endpoint of a running cluster to ask for membership when the data dir is empty.
+    #: Endpoint(s) of a running cluster (comma-separated) to ask for membership when the
+    #: data dir is empty.
     join: str | None = None
     #: Address other nodes use to reach this one (default: ``bind``).
     advertise: str | None = None

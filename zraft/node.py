@@ -30,6 +30,7 @@ from zraft.config import Config
 from zraft.core import raft as core_raft
 from zraft.core.types import (
     NONE,
+    Compacted,
     Entry,
     EntryType,
     Heartbeat,
@@ -38,6 +39,7 @@ from zraft.core.types import (
     Ready,
     Role,
     SnapshotMeta,
+    Unavailable,
 )
 from zraft.errors import (
     ApplicationError,
@@ -61,6 +63,7 @@ from zraft.storage import Storage, StorageFailed
 from zraft.transport import Transport
 
 _WAKE = b"w"
+_PROMOTE_SLACK = 64  #: a learner within this many entries of commit counts as caught up
 _NO_RESULT = object()
 
 
@@ -158,7 +161,10 @@ class Node:
         self._applied_membership = Membership()
         self._last_snapshot_index = 0
         self._snapshot_thread: threading.Thread | None = None
-        self._promote: dict[str, float] = {}
+        #: learners to promote once caught up -> log index they must hold first
+        self._promote: dict[str, int] = {}
+        #: peer addresses learned while joining, before our log holds any membership
+        self._join_peers: dict[str, str] = {}
         self._hb_sent: dict[str, float] = {}
         self._last_leader_contact = time.monotonic()
         self._storage_error = ""
@@ -419,7 +425,8 @@ class Node:
             self.core.campaign()  # a brand-new single-node cluster elects itself at once
 
     def _peer_addrs(self, membership: Membership) -> dict[str, str]:
-        addrs = dict(membership.learners)
+        addrs = dict(self._join_peers) if not membership.ids() else {}
+        addrs.update(membership.learners)
         addrs.update(membership.voters)
         addrs.pop(self.config.node_id, None)
         return addrs
@@ -549,8 +556,9 @@ class Node:
             self._enqueue_read(_Read(req.name, req.args, deliver, deadline), consistency)
         elif kind == "status":
             deliver(Outcome(True, self._status()))
-        elif kind == "members":
-            deliver(Outcome(True, self._members()))
+        elif kind == "members":  # the leader's view: a removed node's would be stale
+            deliver(Outcome(True, self._members()) if self.core.role == Role.LEADER
+                    else self._not_leader())
         elif kind == "add_member" and len(req.args) >= 2:
             self._do_add_member(
                 str(req.args[0]),
@@ -682,16 +690,18 @@ class Node:
                     )
                 self._vote = rd.hard_state.vote
                 self.storage.set_hard_state(rd.hard_state)
-            for chunk in rd.snapshot_chunks:
-                self.storage.stage_snapshot_chunk(chunk.meta, chunk.offset, chunk.data)
-            if rd.snapshot is not None:
-                self._install_snapshot(rd.snapshot)
             if rd.entries:
                 self.storage.append(rd.entries)
                 self.storage.sync()
                 for e in rd.entries:
                     if e.type == EntryType.CONFIG:
                         self._on_config_appended(Membership.decode(e.data), e.index)
+            for chunk in rd.snapshot_chunks:
+                self.storage.stage_snapshot_chunk(chunk.meta, chunk.offset, chunk.data)
+                if chunk.done:
+                    self._verify_staged_snapshot(chunk.meta)
+            if rd.snapshot is not None:
+                self._install_snapshot(rd.snapshot)
         except (StorageFailed, OSError) as exc:
             self._storage_error = f"storage failed: {exc}"
             self.log.error("storage_failed", error=str(exc))
@@ -862,12 +872,27 @@ class Node:
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
-    def _install_snapshot(self, meta: SnapshotMeta) -> None:
-        started = time.monotonic()
+    def _log_holds(self, index: int, term: int) -> bool:
+        try:
+            return self.storage.term(index) == term
+        except (Compacted, Unavailable):
+            return False
+
+    def _verify_staged_snapshot(self, meta: SnapshotMeta) -> None:
+        """All chunks are staged: check them before the core may use the snapshot.
+
+        If our log already holds the snapshot's last entry the core just commits up
+        to it (never wiping acknowledged entries), so the staged copy is not needed.
+        """
+        if self._log_holds(meta.index, meta.term):
+            return
         if not self.storage.finish_staged_snapshot(meta):
             self.log.warning("snapshot_rejected", index=meta.index, reason="checksum mismatch")
             self.core.snapshot_failed(meta)
-            return
+
+    def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        """The core adopted a verified, durable snapshot: load it into the state machine."""
+        started = time.monotonic()
         self._load_snapshot(meta)
         for index in [i for i in self._pending if i <= meta.index]:
             self._pending.pop(index).deliver(
@@ -982,9 +1007,12 @@ class Node:
         if node_id in m.voters or (node_id in m.learners and not voter):
             deliver(Outcome(True, None))  # already there: idempotent for retries and --join
             return
+        if voter:  # it must hold everything we have now before it may vote
+            self._promote[node_id] = self.core.last_index + 1
+        if node_id in m.learners:
+            deliver(Outcome(True, None))  # promotion follows once it has caught up
+            return
         learners = {**m.learners, node_id: address}
-        if voter:
-            self._promote[node_id] = time.monotonic()
         self._propose_membership(Membership(dict(m.voters), learners), deliver)
 
     def _do_remove_member(self, node_id: str, deliver: Deliver) -> None:
@@ -1011,7 +1039,11 @@ class Node:
                 self._promote.pop(node_id)
                 continue
             progress = status.progress.get(node_id)
-            if progress is None or status.commit - progress.match > self.config.max_batch:
+            if (
+                progress is None
+                or progress.match < self._promote[node_id]
+                or status.commit - progress.match > _PROMOTE_SLACK
+            ):
                 continue
             voters = {**m.voters, node_id: m.learners[node_id]}
             learners = {k: v for k, v in m.learners.items() if k != node_id}
@@ -1053,20 +1085,32 @@ class Node:
         from zraft.client import Client
 
         def join() -> None:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not self._stopped.is_set():
-                try:
-                    with Client(
-                        [endpoint], cluster_id=self.config.cluster_id, timeout=5.0
-                    ) as client:
-                        client.add_member(self.config.node_id, self.config.address, voter=True)
-                    self.log.info("join_requested", endpoint=endpoint)
+            """Ask until this node is a voter: a leader change can forget a pending promotion."""
+            deadline = time.monotonic() + 600
+            asked_at = 0.0
+            while time.monotonic() < deadline and not self._stopped.wait(0.5):
+                if self.config.node_id in self._last_status.get("voters", ()):
+                    self.log.info("join_complete")
                     return
-                except ZraftError as exc:
+                if time.monotonic() - asked_at < 15:
+                    continue
+                try:
+                    with Client(endpoint, cluster_id=self.config.cluster_id, timeout=5.0) as client:
+                        client.add_member(self.config.node_id, self.config.address, voter=True)
+                        members = client.members()
+                    peers = {**members["learners"], **members["voters"]}
+                    self._post(lambda: self._learn_join_peers(peers))
+                    asked_at = time.monotonic()
+                    self.log.info("join_requested", endpoint=endpoint)
+                except (ZraftError, zmq.ZMQError, ValueError) as exc:
                     self.log.warning("join_retry", endpoint=endpoint, error=str(exc))
-                    time.sleep(1.0)
 
         threading.Thread(target=join, name="zraft-join", daemon=True).start()
+
+    def _learn_join_peers(self, peers: dict[str, str]) -> None:
+        """Let a joining node answer the leader before its log names any member."""
+        self._join_peers = {k: v for k, v in peers.items() if k != self.config.node_id}
+        self.transport.set_peers(self._peer_addrs(self.core.membership))
 
     # ------------------------------------------------------------------ periodic work
 
