@@ -94,7 +94,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace, timeout: float = 10.0) -> Any:
     from zraft.client import Client
 
-    return Client(args.endpoints, cluster_id=args.cluster_id, timeout=timeout)
+    return Client(
+        args.endpoints,
+        cluster_id=args.cluster_id,
+        timeout=timeout,
+        curve_keys=args.curve_keys,
+        client_name=args.client_name,
+    )
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -122,30 +128,36 @@ STATUS_COLUMNS = [
 ]
 
 
-def cluster_status(
-    endpoints: list[str], cluster_id: str, timeout: float = 1.5
-) -> list[dict[str, Any]]:
-    """Ask every endpoint (and every member they name) for its status; unreachable nodes say so."""
-    from zraft.client import Client
+def cluster_status(client: Any, timeout: float = 1.5) -> list[dict[str, Any]]:
+    """Ask every endpoint, and every member the leader names, for its status.
 
+    Unreachable nodes get a row that says so, so a dead node is visible in the table.
+    """
     rows: dict[str, dict[str, Any]] = {}
-    todo = list(dict.fromkeys(endpoints))
+    todo = list(client.endpoints)
     seen: set[str] = set()
-    with Client(todo, cluster_id=cluster_id, timeout=timeout) as client:
-        while todo:
-            ep = todo.pop(0)
-            if ep in seen:
-                continue
-            seen.add(ep)
+    asked_members = False
+    while todo:
+        ep = todo.pop(0)
+        if ep in seen:
+            continue
+        seen.add(ep)
+        try:
+            st = client.status(ep, timeout=timeout)
+        except ZraftError as exc:
+            rows[ep] = {"id": "?", "role": "unreachable", "address": ep, "error": str(exc)}
+            continue
+        st["address"] = ep
+        rows[ep] = st
+        if st.get("role") == "leader" and not asked_members:
+            asked_members = True
             try:
-                st = client.status(ep, timeout=timeout)
-            except ZraftError as exc:
-                rows.setdefault(
-                    ep, {"id": "?", "role": "unreachable", "address": ep, "error": str(exc)}
-                )
+                members = client.members(timeout=timeout)
+            except ZraftError:
                 continue
-            st["address"] = ep
-            rows[ep] = st
+            for node_id, addr in {**members["voters"], **members["learners"]}.items():
+                client._node_ids.setdefault(addr, node_id)
+                todo.append(addr)
     leader_commit = max((r.get("commit", 0) for r in rows.values()), default=0)
     for r in rows.values():
         if "applied" in r:
@@ -154,17 +166,18 @@ def cluster_status(
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    while True:
-        rows = cluster_status(args.endpoints.split(","), args.cluster_id)
-        if args.json:
-            print(json.dumps(rows, sort_keys=True, default=str))
-        else:
-            if args.watch:
-                print("\x1b[2J\x1b[H", end="")
-            print(format_table(rows, STATUS_COLUMNS))
-        if not args.watch:
-            break
-        time.sleep(args.interval)
+    with _client(args, timeout=2.0) as client:
+        while True:
+            rows = cluster_status(client)
+            if args.json:
+                print(json.dumps(rows, sort_keys=True, default=str), flush=True)
+            else:
+                if args.watch:
+                    print("\x1b[2J\x1b[H", end="")
+                print(format_table(rows, STATUS_COLUMNS), flush=True)
+            if not args.watch:
+                break
+            time.sleep(args.interval)
     return EXIT_OK if any(r.get("role") != "unreachable" for r in rows) else EXIT_UNREACHABLE
 
 
@@ -216,10 +229,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from zraft.security import generate_keypair
 
+    if not args.names and not args.clients:
+        raise ConfigError("keygen needs --name NODE_ID and/or --client NAME")
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     for name in args.names:
         public, secret = generate_keypair(args.dir, name)
-        print(f"{name}: public {public}  secret {secret}")
+        print(f"node {name}: public {public}  secret {secret}")
+    for name in args.clients:
+        public, secret = generate_keypair(Path(args.dir) / "clients", name)
+        print(f"client {name}: public {public}  secret {secret}")
     return EXIT_OK
 
 
@@ -254,9 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cluster_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--endpoints", "--endpoint", required=True, help="comma-separated node addresses"
+            "--endpoints",
+            "--endpoint",
+            required=True,
+            help="comma-separated node addresses (id=address with --curve-keys)",
         )
         sp.add_argument("--cluster-id", default="zraft")
+        sp.add_argument("--curve-keys", help="CURVE key directory (see zraft keygen)")
+        sp.add_argument("--client-name", default="client", help="key: clients/NAME.key_secret")
 
     st = sub.add_parser("status", help="a table of every node's role, term and indexes")
     cluster_args(st)
@@ -286,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     kg = sub.add_parser("keygen", help="write CURVE key pairs (NAME.key, NAME.key_secret)")
     kg.add_argument("dir")
-    kg.add_argument("--name", dest="names", action="append", required=True)
+    kg.add_argument("--name", dest="names", action="append", default=[], help="a node id")
+    kg.add_argument(
+        "--client", dest="clients", action="append", default=[], help="a client (in DIR/clients)"
+    )
     kg.set_defaults(func=cmd_keygen)
 
     demo = sub.add_parser("demo", help="run a local 3-node cluster, kill its leader, show failover")

@@ -13,7 +13,8 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -37,36 +38,58 @@ class Client:
     """Talk to a zraft cluster from another process. Thread-safe (one request at a time).
 
     ``endpoints`` are node addresses (``tcp://127.0.0.1:7001``); any subset will
-    do, the leader is found from hints. ``curve`` is an optional
-    ``(server_public_key, client_public_key, client_secret_key)`` triple.
+    do, the leader is found from hints. With ``curve_keys`` (a directory laid out as
+    ``zraft keygen`` writes it) the client encrypts and authenticates as
+    ``clients/<client_name>``; endpoints must then be given as ``id=address``.
     """
 
     def __init__(
         self,
-        endpoints: Sequence[str] | str,
+        endpoints: Sequence[str] | Mapping[str, str] | str,
         *,
         cluster_id: str = "zraft",
         timeout: float = 10.0,
         attempt_timeout: float = 2.0,
-        curve: tuple[bytes, bytes, bytes] | None = None,
+        curve_keys: str | None = None,
+        client_name: str = "client",
         client_id: bytes | None = None,
     ) -> None:
-        if isinstance(endpoints, str):
-            endpoints = [e for e in endpoints.split(",") if e]
-        if not endpoints:
+        self._node_ids: dict[str, str] = {}  # address -> node id (needed to pick CURVE keys)
+        self.endpoints = self._parse_endpoints(endpoints)
+        if not self.endpoints:
             raise ValueError("Client needs at least one endpoint")
-        self.endpoints = list(dict.fromkeys(endpoints))
         self.cluster_id = cluster_id
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.client_id = client_id or os.urandom(16)
-        self._curve = curve
+        self._curve_dir = Path(curve_keys) if curve_keys else None
+        self._keypair: tuple[bytes, bytes] | None = None
+        if self._curve_dir is not None:
+            from zraft.security import load_keypair
+
+            self._keypair = load_keypair(self._curve_dir / "clients" / f"{client_name}.key_secret")
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
         self._seq = itertools.count(1)
         self._req_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._current = 0
+
+    def _parse_endpoints(self, endpoints: Sequence[str] | Mapping[str, str] | str) -> list[str]:
+        """Accept ``[addr, ...]``, ``{id: addr}``, or ``"addr,addr"`` / ``"n1=addr,n2=addr"``."""
+        if isinstance(endpoints, Mapping):
+            pairs = list(endpoints.items())
+        else:
+            items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+            pairs = [
+                (i.partition("=")[0], i.partition("=")[2]) if "=" in i else ("", i)
+                for i in (x.strip() for x in items)
+                if i
+            ]
+        for node_id, addr in pairs:
+            if node_id:
+                self._node_ids[addr] = node_id
+        return list(dict.fromkeys(addr for _, addr in pairs))
 
     # ------------------------------------------------------------------ public API
 
@@ -143,14 +166,25 @@ class Client:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            if self._curve is not None:
-                server_key, public, secret = self._curve
-                sock.curve_serverkey = server_key
-                sock.curve_publickey = public
-                sock.curve_secretkey = secret
+            if self._keypair is not None:
+                self._apply_curve(sock, endpoint)
             sock.connect(endpoint)
             self._sockets[endpoint] = sock
         return sock
+
+    def _apply_curve(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
+        """Encrypt to the node behind ``endpoint``: its public key is ``<id>.key``."""
+        from zraft.security import client_curve_options, load_public_key
+
+        assert self._curve_dir is not None and self._keypair is not None
+        node_id = self._node_ids.get(endpoint)
+        if node_id is None:
+            raise ValueError(
+                f"with CURVE, give endpoints as id=address so the server key is known ({endpoint})"
+            )
+        server_key = load_public_key(self._curve_dir / f"{node_id}.key")
+        for option, value in client_curve_options(server_key, self._keypair).items():
+            sock.setsockopt(option, value)
 
     def _reset(self, endpoint: str) -> None:
         """Drop a socket whose peer went silent, so late replies can't confuse the next request."""
@@ -253,6 +287,8 @@ class Client:
 
     def _follow_hint(self, reply: ClientReply) -> None:
         if reply.error == "not_leader" and reply.leader_address:
+            if reply.leader:
+                self._node_ids[reply.leader_address] = reply.leader
             if reply.leader_address not in self.endpoints:
                 self.endpoints.append(reply.leader_address)
             self._current = self.endpoints.index(reply.leader_address)

@@ -55,7 +55,8 @@ def run_demo(nodes: int = 3, writes: int = 300, keep: bool = False, base_port: i
             _say(f"all {writes} writes read back (linearizable reads through the leader)")
             target = client.query("size")
             cluster.wait_applied(int(cluster.statuses()[new_leader]["commit"]), timeout=30)
-        rows = cluster_status(cluster.endpoints, cluster.cluster_id)
+        with cluster.client(timeout=5) as status_client:
+            rows = cluster_status(status_client)
         print(format_table(rows, STATUS_COLUMNS), flush=True)
         _say(f"the store holds {target} keys on every node; no acknowledged write was lost")
         if keep:

@@ -72,6 +72,8 @@ class LocalCluster:
         cluster_id: str = "zraft",
         hosts: list[str] | None = None,
         extra_args: list[str] | None = None,
+        curve_keys: str | None = None,
+        curve_client: str = "client",
     ) -> None:
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="zraft-cluster-"))
@@ -81,7 +83,8 @@ class LocalCluster:
         #: one loopback address per node (e.g. 127.0.0.1..3) lets a nemesis partition by IP
         self.hosts = hosts or [host] * nodes
         assert len(self.hosts) == nodes, "one host per node"
-        self.extra_args = extra_args or []
+        self.curve_keys, self.curve_client = curve_keys, curve_client
+        self.extra_args = (extra_args or []) + (["--curve-keys", curve_keys] if curve_keys else [])
         ports = [base_port + i for i in range(nodes)] if base_port else free_ports(nodes, host)
         self.nodes: dict[str, NodeProc] = {}
         for i, port in enumerate(ports, start=1):
@@ -174,13 +177,20 @@ class LocalCluster:
     def wipe(self, node_id: str) -> None:
         shutil.rmtree(self.nodes[node_id].data_dir, ignore_errors=True)
 
-    def client(self, timeout: float = 10.0) -> Client:
-        return Client(self.endpoints, cluster_id=self.cluster_id, timeout=timeout)
+    def client(self, timeout: float = 10.0, client_name: str | None = None) -> Client:
+        """A client for the cluster (with CURVE keys when the cluster has them)."""
+        return Client(
+            {n.node_id: n.address for n in self.nodes.values()},
+            cluster_id=self.cluster_id,
+            timeout=timeout,
+            curve_keys=self.curve_keys,
+            client_name=client_name or self.curve_client,
+        )
 
     def statuses(self, timeout: float = 1.0) -> dict[str, dict[str, Any]]:
         """Status of every live node, keyed by node id."""
         out: dict[str, dict[str, Any]] = {}
-        with Client(self.endpoints, cluster_id=self.cluster_id, timeout=timeout) as c:
+        with self.client(timeout=timeout) as c:
             for node in self.nodes.values():
                 if not node.alive():
                     continue

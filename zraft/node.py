@@ -137,7 +137,10 @@ class Node:
         self.sm = state_machine if state_machine is not None else KV()
         self.events = EventBus()
         self.log = structlog.get_logger("zraft").bind(node=config.node_id)
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        # CURVE needs a context of its own: a context has one ZAP authenticator
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = (
+            zmq.Context() if config.curve_keys else zmq.Context.instance()
+        )
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake_addr = f"inproc://zraft-wake-{id(self)}"
         self._tls = threading.local()
@@ -557,8 +560,11 @@ class Node:
         elif kind == "status":
             deliver(Outcome(True, self._status()))
         elif kind == "members":  # the leader's view: a removed node's would be stale
-            deliver(Outcome(True, self._members()) if self.core.role == Role.LEADER
-                    else self._not_leader())
+            deliver(
+                Outcome(True, self._members())
+                if self.core.role == Role.LEADER
+                else self._not_leader()
+            )
         elif kind == "add_member" and len(req.args) >= 2:
             self._do_add_member(
                 str(req.args[0]),
@@ -1099,7 +1105,7 @@ class Node:
                         client.add_member(self.config.node_id, self.config.address, voter=True)
                         members = client.members()
                     peers = {**members["learners"], **members["voters"]}
-                    self._post(lambda: self._learn_join_peers(peers))
+                    self._post(lambda p=peers: self._learn_join_peers(p))  # type: ignore[misc]
                     asked_at = time.monotonic()
                     self.log.info("join_requested", endpoint=endpoint)
                 except (ZraftError, zmq.ZMQError, ValueError) as exc:
