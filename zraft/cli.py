@@ -149,7 +149,7 @@ def cluster_status(client: Any, timeout: float = 1.5) -> list[dict[str, Any]]:
             continue
         st["address"] = ep
         rows[ep] = st
-        if st.get("role") == "leader" and not asked_members:
+        if not asked_members:  # the leader names every member (the client finds it)
             asked_members = True
             try:
                 members = client.members(timeout=timeout)

@@ -1,0 +1,94 @@
+"""Every example runs as documented (subprocess) and does what it says."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zraft.launcher import free_ports
+
+pytestmark = pytest.mark.process
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_example(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_counter_example() -> None:
+    res = run_example("examples/counter.py")
+    assert res.returncode == 0, res.stderr
+    assert "counter = 10" in res.stdout
+
+
+def test_asyncio_example() -> None:
+    res = run_example("examples/asyncio_counter.py")
+    assert res.returncode == 0, res.stderr
+    assert f"sum of values = {sum(range(100))}" in res.stdout
+
+
+def test_goraft_style_example() -> None:
+    res = run_example("examples/goraft_style.py")
+    assert res.returncode == 0, res.stderr
+    assert "read: hello" in res.stdout and "removed: True" in res.stdout
+
+
+def test_kv_cluster_and_client(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    while port > 60000:  # three consecutive ports must exist
+        port = free_ports(1)[0]
+    eps_file = tmp_path / "endpoints"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "examples/kv/cluster.py",
+            "--nodes",
+            "3",
+            "--base-port",
+            str(port),
+            "--endpoints-file",
+            str(eps_file),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not eps_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert eps_file.exists(), "the cluster did not come up"
+        eps = eps_file.read_text()
+
+        def kv(*args: str) -> str:
+            res = run_example("examples/kv/client.py", "--endpoints", eps, *args)
+            assert res.returncode == 0, res.stderr
+            return res.stdout.strip()
+
+        assert kv("put", "x", "1") == "null"
+        assert kv("get", "x") == "1"
+        assert kv("cas", "x", "1", "2") == "true"
+        assert kv("cas", "x", "1", "3") == "false"
+        assert kv("get", "x") == "2"
+        assert kv("delete", "x") == "true"
+        assert kv("get", "x") == "null"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped" in out

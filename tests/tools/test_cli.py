@@ -1,0 +1,120 @@
+"""Each zraft subcommand run as a user would (subprocess), checking output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zraft.launcher import LocalCluster, free_ports
+
+pytestmark = pytest.mark.process
+
+
+def zraft(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zraft.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_help_for_every_subcommand() -> None:
+    top = zraft("--help")
+    assert top.returncode == 0
+    for sub in ("run", "demo", "status", "members", "transfer", "snapshot", "keygen", "tail"):
+        assert sub in top.stdout
+        res = zraft(sub, "--help")
+        assert res.returncode == 0 and "usage: zraft " + sub in res.stdout
+
+
+def test_usage_and_config_errors_say_what_to_do(tmp_path: Path) -> None:
+    res = zraft("run", "--id", "n1", "--cluster", "n1=nonsense", "--data-dir", str(tmp_path))
+    assert res.returncode == 2 and "tcp://" in res.stderr
+    res = zraft(
+        "run", "--id", "n9", "--cluster", "n1=tcp://127.0.0.1:1", "--data-dir", str(tmp_path)
+    )
+    assert res.returncode == 2 and "--bind" in res.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("tick_ms = 50\nno_such_option = 1\n")
+    res = zraft(
+        "run",
+        "--id",
+        "n1",
+        "--bind",
+        "tcp://127.0.0.1:1",
+        "--data-dir",
+        str(tmp_path),
+        "--config",
+        str(bad),
+    )
+    assert res.returncode == 2 and "no_such_option" in res.stderr
+    assert zraft("keygen", str(tmp_path / "k")).returncode == 2
+    assert zraft("bogus").returncode == 2
+
+
+def test_status_of_an_unreachable_cluster_exits_3() -> None:
+    port = free_ports(1)[0]
+    res = zraft("status", "--endpoints", f"tcp://127.0.0.1:{port}", timeout=60)
+    assert res.returncode == 3 and "unreachable" in res.stdout
+
+
+def test_cluster_commands_against_a_live_cluster(tmp_path: Path) -> None:
+    with LocalCluster(3, base_dir=tmp_path / "c") as cluster:
+        leader = cluster.wait_for_leader(timeout=30)
+        eps = ",".join(cluster.endpoints)
+        with cluster.client(timeout=30) as c:
+            for i in range(20):
+                c.apply("put", f"k{i}", i)
+        res = zraft("status", "--endpoints", eps)
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.strip().splitlines()
+        assert lines[0].split()[:4] == ["id", "role", "term", "leader"]
+        assert len(lines) == 4 and sum("leader" in ln.split()[1] for ln in lines[1:]) == 1
+        rows = json.loads(zraft("status", "--endpoints", eps, "--json").stdout)
+        assert {r["id"] for r in rows} == {"n1", "n2", "n3"}
+        assert all(r["applied"] >= 20 for r in rows)
+        # status through a single endpoint still lists every member
+        one = json.loads(zraft("status", "--endpoints", cluster.endpoints[0], "--json").stdout)
+        assert {r["id"] for r in one} == {"n1", "n2", "n3"}
+
+        res = zraft("members", "list", "--endpoints", eps)
+        assert res.returncode == 0 and res.stdout.count("voter") == 3
+        spare = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+        res = zraft("members", "add", "n9", spare, "--learner", "--endpoints", eps)
+        assert res.returncode == 0, res.stderr
+        assert "n9" in res.stdout and "learner" in res.stdout
+        res = zraft("members", "remove", "n9", "--endpoints", eps, "--json")
+        assert res.returncode == 0, res.stderr
+        assert "n9" not in json.loads(res.stdout.splitlines()[-1])["learners"]
+
+        target = next(n for n in cluster.nodes if n != leader)
+        res = zraft("transfer", "--to", target, "--endpoints", eps)
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and cluster.wait_for_leader(timeout=20) != target:
+            time.sleep(0.1)
+        assert cluster.wait_for_leader(timeout=20) == target
+
+        res = zraft("snapshot", "--endpoints", eps, "--all", timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count("snapshot at index") == 3
+
+        logs = sorted(str(p) for p in (cluster.base_dir / "logs").glob("*.jsonl"))
+        res = zraft("tail", "--timeline", *logs)
+        assert res.returncode == 0, res.stderr
+        assert "leader" in res.stdout
+
+
+def test_demo_runs_as_the_readme_says() -> None:
+    """The README's first command ends in `zraft demo`; it must work within a time bound."""
+    res = zraft("demo", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "took over" in res.stdout and "no acknowledged write was lost" in res.stdout
+    assert "stopped every node process" in res.stdout
