@@ -9,6 +9,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 import time
@@ -84,8 +85,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    node.run()
-    return EXIT_OK
+    profile_path = os.environ.get("ZRAFT_PROFILE")
+    if profile_path:  # a developer tool: cProfile the whole reactor, dump at exit
+        import cProfile
+
+        cProfile.runctx("node.run()", globals(), {"node": node}, f"{profile_path}.{config.node_id}")
+    else:
+        node.run()
+    return EXIT_OK if not node.status().get("storage_error") else EXIT_FAIL
 
 
 # ---------------------------------------------------------------------------- cluster commands

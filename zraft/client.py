@@ -220,11 +220,12 @@ class Client:
                 self._reset(endpoint)
                 return None
             try:
-                msg = codec.decode(sock.recv(), self.cluster_id, strict_map_key=False)
+                msgs = codec.decode_many(sock.recv(), self.cluster_id, strict_map_key=False)
             except codec.DecodeError:
                 continue
-            if isinstance(msg, ClientReply) and msg.req_id == req.req_id:
-                return msg
+            for msg in msgs:
+                if isinstance(msg, ClientReply) and msg.req_id == req.req_id:
+                    return msg
 
     def _request(
         self,

@@ -65,6 +65,8 @@ MAX_CLIENT_ID_BYTES = 256  #: exactly-once session id
 MAX_ARGS = 4096  #: top-level command arguments
 MAX_TEXT_LEN = 64 << 10  #: human-readable reply message
 MAX_UINT = (1 << 63) - 1  #: ints stay in a signed 64-bit range for storage
+MAX_BATCH = 4096  #: client requests or replies in one batch frame
+BATCH_TAG = 32  #: a frame carrying many client requests or replies
 
 Decoded = Message | ClientRequest | ClientReply
 
@@ -348,6 +350,19 @@ def encode(msg: Decoded, cluster_id: str) -> bytes:
     return out
 
 
+def encode_batch(msgs: list[ClientRequest] | list[ClientReply], cluster_id: str) -> bytes:
+    """Many client requests (or replies) in one frame: per-message costs paid once.
+
+    A batch of one is encoded as the plain message, so old peers read it too.
+    """
+    assert 0 < len(msgs) <= MAX_BATCH, "a batch holds 1..MAX_BATCH messages"
+    if len(msgs) == 1:
+        return encode(msgs[0], cluster_id)
+    bodies = [[_TAGS[type(m)], *_GETTERS[type(m)](m)] for m in msgs]
+    out: bytes = msgpack.packb([VERSION, cluster_id, BATCH_TAG, bodies], use_bin_type=True)
+    return out
+
+
 # --------------------------------------------------------------------------- decode
 
 
@@ -381,6 +396,39 @@ def decode(
     node never accepts them. A client, which trusts the nodes it asks, may pass
     ``strict_map_key=False`` to accept int-keyed maps in a reply's ``result``.
     """
+    raw = _envelope(data, cluster_id, max_bytes, strict_map_key)
+    if raw[2] == BATCH_TAG:
+        _fail("bad_envelope", "a batch frame where one message was expected")
+    return _decode_body(raw[2], raw[3:])
+
+
+def decode_many(
+    data: bytes | memoryview,
+    cluster_id: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    strict_map_key: bool = True,
+) -> list[Decoded]:
+    """Decode a frame holding one message or a batch of client requests/replies.
+
+    A batch is all or nothing: one bad item rejects the frame (DecodeError).
+    """
+    raw = _envelope(data, cluster_id, max_bytes, strict_map_key)
+    if raw[2] != BATCH_TAG:
+        return [_decode_body(raw[2], raw[3:])]
+    if len(raw) != 4 or type(raw[3]) is not list or not 0 < len(raw[3]) <= MAX_BATCH:
+        _fail("bad_envelope", f"a batch is [version, cluster_id, {BATCH_TAG}, [1..MAX_BATCH]]")
+    out: list[Decoded] = []
+    for body in raw[3]:
+        if type(body) is not list or not body or body[0] not in (16, 17):
+            _fail("bad_envelope", "a batch carries client requests or replies only")
+        out.append(_decode_body(body[0], body[1:]))
+    return out
+
+
+def _envelope(
+    data: bytes | memoryview, cluster_id: str, max_bytes: int, strict_map_key: bool
+) -> list[Any]:
     raw = _unpack(data, max_bytes, strict_map_key)
     if type(raw) is not list or len(raw) < 3:
         _fail("bad_envelope", "not [version, cluster_id, tag, ...]")
@@ -388,14 +436,17 @@ def decode(
         _fail("bad_version", _brief(raw[0]))
     if type(raw[1]) is not str or raw[1] != cluster_id:
         _fail("wrong_cluster", _brief(raw[1]))
-    tag = raw[2]
+    return raw
+
+
+def _decode_body(tag: Any, fields: list[Any]) -> Decoded:
     cls = _BY_TAG.get(tag) if type(tag) is int else None
     if cls is None:
         _fail("unknown_tag", _brief(tag))
     schema = _SCHEMAS[cls]
-    if len(raw) != 3 + len(schema):
-        _fail("bad_field_count", f"{cls.__name__} has {len(schema)} fields, got {len(raw) - 3}")
-    values = [check(v, name) for (name, check), v in zip(schema, raw[3:], strict=True)]
+    if len(fields) != len(schema):
+        _fail("bad_field_count", f"{cls.__name__} has {len(schema)} fields, got {len(fields)}")
+    values = [check(v, name) for (name, check), v in zip(schema, fields, strict=True)]
     if cls in _RAFT_TYPES:
         if values[1] == values[2]:
             _fail("bad_field", "frm == to")

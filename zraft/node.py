@@ -459,6 +459,7 @@ class Node:
             self._flush_reads()
             while self.core.has_ready():
                 self._handle_ready(self.core.ready())
+            self.transport.flush_replies()
             self._last_status = self._status()
 
     def _drain_calls(self) -> None:
@@ -540,7 +541,7 @@ class Node:
 
     def _on_client_request(self, identity: bytes, req: ClientRequest) -> None:
         def deliver(outcome: Outcome) -> None:
-            self.transport.reply(identity, outcome.to_reply(req.req_id))
+            self.transport.queue_reply(identity, outcome.to_reply(req.req_id))
 
         deadline = time.monotonic() + min(req.timeout_ms, 600_000) / 1000
         kind = req.kind

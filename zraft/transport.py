@@ -26,7 +26,16 @@ from typing import Any
 import structlog
 import zmq
 
-from zraft.codec import MAX_ID_LEN, MAX_MEMBERS, DecodeError, decode, encode
+from zraft.codec import (
+    MAX_BATCH,
+    MAX_ID_LEN,
+    MAX_MEMBERS,
+    DecodeError,
+    decode,
+    decode_many,
+    encode,
+    encode_batch,
+)
 from zraft.core.types import Message
 from zraft.protocol import ClientReply, ClientRequest
 from zraft.security import ZAP_DOMAIN, CurveAuthenticator, CurveSetup, start_authenticator
@@ -81,6 +90,7 @@ class Transport:
         self._max_msg_bytes = max_msg_bytes
         self._peer_sndhwm = peer_sndhwm
         self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._replies: dict[bytes, list[ClientReply]] = {}  # flushed once per reactor turn
         self._dealers: dict[str, tuple[str, zmq.Socket[Any]]] = {}
         self._warned: dict[str, tuple[float, int]] = {}  # reason -> (last warning, suppressed)
         self._log = _log.bind(node=node_id)
@@ -210,15 +220,48 @@ class Transport:
         return True
 
     def reply(self, identity: bytes, reply: ClientReply) -> None:
-        """Answer a client through the ROUTER; dropped (counted) if it cannot go now."""
-        data = self._encode_reply(reply)
+        """Answer a client now through the ROUTER; dropped (counted) if it cannot go."""
+        self._send_replies(identity, [reply])
+
+    def queue_reply(self, identity: bytes, reply: ClientReply) -> None:
+        """Queue an answer; :meth:`flush_replies` sends one frame per client (fewer syscalls)."""
+        queued = self._replies.get(identity)
+        if queued is None:
+            self._replies[identity] = [reply]
+        else:
+            queued.append(reply)
+            if len(queued) >= MAX_BATCH:
+                self._send_replies(identity, self._replies.pop(identity))
+
+    def flush_replies(self) -> None:
+        """Send every queued reply: the reactor calls this once per loop turn."""
+        if self._replies:
+            replies, self._replies = self._replies, {}
+            for identity, batch in replies.items():
+                self._send_replies(identity, batch)
+
+    def _send_replies(self, identity: bytes, batch: list[ClientReply]) -> None:
+        data = self._encode_replies(batch)
         try:
             self._router.send_multipart([identity, data], zmq.NOBLOCK)
         except zmq.ZMQError:  # Again, or the client is gone
-            self._stats["replies_dropped"] += 1
+            self._stats["replies_dropped"] += len(batch)
             return
-        self._stats["replies_sent"] += 1
+        self._stats["replies_sent"] += len(batch)
         self._stats["bytes_out"] += len(data)
+
+    def _encode_replies(self, batch: list[ClientReply]) -> bytes:
+        """One frame for the batch; if that fails, find and replace the bad replies."""
+        try:
+            data = encode_batch(batch, self._cluster_id)
+            if len(data) <= self._max_msg_bytes:
+                return data
+        except (TypeError, ValueError, OverflowError):
+            pass
+        if len(batch) == 1:
+            return self._encode_reply(batch[0])
+        fixed = [decode(self._encode_reply(r), self._cluster_id) for r in batch]
+        return encode_batch([r for r in fixed if isinstance(r, ClientReply)], self._cluster_id)
 
     def _encode_reply(self, reply: ClientReply) -> bytes:
         """Encode, turning a result msgpack cannot carry (or too big) into an app_error."""
@@ -250,43 +293,53 @@ class Transport:
         out: list[Inbound] = []
         for _ in range(max_count):
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                # Frame objects only when CURVE needs their User-Id: bytes are cheaper
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=self._curve is None)
             except zmq.Again:
                 break
-            item = self._accept(frames)
-            if item is not None:
-                out.append(item)
+            out.extend(self._accept(frames))
         return out
 
-    def _accept(self, frames: list[zmq.Frame]) -> Inbound | None:
+    def _accept(self, frames: list[zmq.Frame] | list[bytes]) -> list[Inbound]:
         """Validate one inbound message: framing, codec, and who is allowed to say it."""
-        identity = frames[0].bytes
+        identity = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
         self._stats["bytes_in"] += sum(len(f) for f in frames)
         if len(frames) != 2:
             self._drop("bad_frame_count", identity, f"{len(frames)} frames")
-            return None
+            return []
         payload = frames[1]
         try:
-            msg = decode(payload.buffer, self._cluster_id, max_bytes=self._max_msg_bytes)
+            data = payload if isinstance(payload, bytes) else payload.buffer
+            msgs = decode_many(data, self._cluster_id, max_bytes=self._max_msg_bytes)
         except DecodeError as exc:
             self._drop(exc.reason, identity, exc.detail)
-            return None
+            return []
+        if len(msgs) > 1:  # a batch holds client requests only (replies are dropped below)
+            if not all(isinstance(m, ClientRequest) for m in msgs):
+                self._drop("unexpected_reply", identity, "batch")
+                return []
+            if self._curve is not None and not _user_id(payload):
+                self._drop("key_mismatch", identity, "client without a User-Id")
+                return []
+            self._stats["received"] += len(msgs)
+            return [(identity, m) for m in msgs if isinstance(m, ClientRequest)]
+        msg = msgs[0]
         if isinstance(msg, ClientReply):
             self._drop("unexpected_reply", identity, "")
-            return None
+            return []
         if isinstance(msg, ClientRequest):
             if self._curve is not None and not _user_id(payload):
                 self._drop("key_mismatch", identity, "client without a User-Id")
-                return None
+                return []
         else:
             problem = self._check_sender(msg, identity, payload)
             if problem:
                 self._drop(problem, identity, f"frm={msg.frm!r} to={msg.to!r}")
-                return None
+                return []
         self._stats["received"] += 1
-        return identity, msg
+        return [(identity, msg)]
 
-    def _check_sender(self, msg: Message, identity: bytes, payload: zmq.Frame) -> str:
+    def _check_sender(self, msg: Message, identity: bytes, payload: zmq.Frame | bytes) -> str:
         """'' if ``msg`` really comes from ``msg.frm`` and is for us, else a reason code."""
         if msg.to != self._node_id:
             return "wrong_recipient"
@@ -325,6 +378,7 @@ class Transport:
         if self._closed:
             return
         self._closed = True
+        self.flush_replies()
         for _, sock in self._dealers.values():
             sock.close(linger=0)
         self._dealers.clear()
@@ -334,8 +388,10 @@ class Transport:
             self._auth = None
 
 
-def _user_id(frame: zmq.Frame) -> str:
+def _user_id(frame: zmq.Frame | bytes) -> str:
     """The ZAP User-Id of the connection a frame came in on ('' if none)."""
+    if isinstance(frame, bytes):
+        return ""  # received without CURVE: no authenticated identity
     try:
         user = frame.get("User-Id")
     except zmq.ZMQError:
