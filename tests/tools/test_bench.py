@@ -1,0 +1,86 @@
+"""Smoke test for ``tools/bench.py``: a tiny side-by-side run as a subprocess, JSON shape only.
+
+No performance assertion: the numbers of a shared machine mean nothing here. It
+checks that both systems ran, that the output has the documented shape, and that
+every temp dir the tool made (clusters, workers) is gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+
+import bench  # type: ignore[import-not-found,unused-ignore]  # noqa: E402  (tools/ is no package)
+
+pytest.importorskip("pysyncobj")
+
+
+def test_percentile_nearest_rank() -> None:
+    samples = list(range(1000, 101_000, 1000))  # 1..100 ms
+    assert bench.percentile(samples, 50) == 50.0
+    assert bench.percentile(samples, 99) == 99.0
+    assert bench.percentile(samples, 100) == 100.0
+    assert bench.percentile([], 50) is None
+
+
+def test_merge_and_ratio() -> None:
+    part = {
+        "ok": 100,
+        "errors": {"busy": 2},
+        "samples_us": [1000, 3000],
+        "max_us": 3000,
+        "timeline": {"t_s": [0.0], "count": [100], "mean_us": [2000]},
+    }
+    merged = bench.merge_workers([part, part], duration_s=2.0)
+    assert merged["ok"] == 200 and merged["ops_s"] == 100.0
+    assert merged["errors"] == {"busy": 4}
+    assert merged["max_ms"] == 3.0
+    rows = [
+        {"round": 1, "scenario": "clients", "system": "zraft", "kind": "zraft", "payload": 10,
+         **merged},
+        {"round": 1, "scenario": "clients", "system": "pso", "kind": "pysyncobj", "payload": 10,
+         **{**merged, "ops_s": 50.0}},
+    ]  # fmt: skip
+    summary = {s["kind"]: s for s in bench.summarize(rows)}
+    assert summary["zraft"]["ratio"] == 2.0
+    assert summary["pysyncobj"]["ratio"] is None
+
+
+@pytest.mark.process
+def test_bench_smoke_json_shape(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, str(REPO / "tools" / "bench.py"),
+        "--scenario", "sequential", "--scenario", "clients", "--payload", "10",
+        "--rounds", "1", "--duration", "1", "--warmup", "0.3",
+        "--client-procs", "1", "--window", "4", "--json", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(out.read_text())
+    assert {"machine", "date", "command", "settings", "notes", "summary", "results"} <= set(doc)
+    assert doc["machine"]["nproc"] >= 1 and doc["machine"]["python"]
+    assert "bench.py" in doc["command"]
+    kinds = {(r["scenario"], r["kind"]) for r in doc["results"]}
+    assert kinds == {(s, k) for s in ("sequential", "clients") for k in ("zraft", "pysyncobj")}
+    for row in doc["results"]:
+        assert "failed" not in row, row
+        assert row["ok"] > 0 and row["ops_s"] > 0
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert set(row["timeline"]) == {"t_s", "ops_s", "mean_ms"}
+    zraft_rows = [s for s in doc["summary"] if s["kind"] == "zraft"]
+    assert all(s["ratio"] is not None and s["ratio"] > 0 for s in zraft_rows)
+    assert "pysyncobj" in proc.stdout and "ratio" in proc.stdout  # the printed table
+    assert list(tmp.iterdir()) == [], "the tool left temp dirs behind"
