@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -52,13 +53,44 @@ class KV(StateMachine):
     def size(self) -> int:
         return len(self.data)
 
-    def snapshot(self) -> bytes:
-        packed: bytes = msgpack.packb(list(self.data.items()), use_bin_type=True)
-        return packed
+    def snapshot(self) -> Iterator[bytes]:
+        """A stream of msgpack ``[key, value]`` pairs in ~1 MiB chunks, over a copy of the items.
+
+        Copying the item list is cheap (references) and makes the stream immune to
+        commands applied while a helper thread writes it; values are never mutated
+        in place by the commands above.
+        """
+        return _pack_pairs(list(self.data.items()))
 
     def restore(self, data: bytes) -> None:
-        items = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=False)
-        self.data = dict(items)
+        self.restore_chunks(iter([data]))
+
+    def restore_chunks(self, chunks: Iterator[bytes]) -> None:
+        """Parse pairs as chunks arrive: memory stays near one chunk beyond the state."""
+        unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, use_list=False, max_buffer_size=64 << 20
+        )
+        data: dict[Any, Any] = {}
+        for chunk in chunks:
+            unpacker.feed(chunk)
+            for key, value in unpacker:
+                data[key] = value
+        self.data = data
+
+
+def _pack_pairs(items: list[tuple[Any, Any]], chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    packer = msgpack.Packer(use_bin_type=True)
+    buf: list[bytes] = []
+    size = 0
+    for item in items:
+        packed = packer.pack(list(item))
+        buf.append(packed)
+        size += len(packed)
+        if size >= chunk_bytes:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)
 
 
 _MISSING = object()

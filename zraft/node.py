@@ -854,12 +854,23 @@ class Node:
             self._sessions[cid] = s
 
     def _load_snapshot(self, meta: SnapshotMeta) -> None:
-        data = b"".join(self.storage.read_snapshot(meta))
-        (n,) = struct.unpack_from(">Q", data, 0)
-        self._restore_sessions(data[8 : 8 + n])
-        user = data[8 + n :]
-        del data
-        self.sm.restore(user)
+        """Stream a snapshot into the state machine: sessions header first, then user chunks."""
+        chunks = self.storage.read_snapshot(meta, chunk_bytes=self.config.snapshot_chunk_bytes)
+        buf = b""
+        for chunk in chunks:
+            buf += chunk
+            if len(buf) >= 8 and len(buf) >= 8 + struct.unpack_from(">Q", buf)[0]:
+                break
+        (n,) = struct.unpack_from(">Q", buf)
+        self._restore_sessions(buf[8 : 8 + n])
+        rest = buf[8 + n :]
+
+        def user_chunks() -> Iterator[bytes]:
+            if rest:
+                yield rest
+            yield from chunks
+
+        self.sm.restore_chunks(user_chunks())
         self._applied, self._applied_term = meta.index, meta.term
         self._applied_membership = meta.membership
         self._last_snapshot_index = meta.index

@@ -9,7 +9,7 @@ once per committed entry per node; they must be deterministic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,6 +88,14 @@ class StateMachine:
     def restore(self, data: bytes) -> None:
         """Replace the whole state with one produced by :meth:`snapshot`."""
         raise NotImplementedError(f"{type(self).__name__} does not implement restore()")
+
+    def restore_chunks(self, chunks: Iterator[bytes]) -> None:
+        """Restore from a stream of chunks. Override to restore a big state incrementally.
+
+        The default joins the chunks and calls :meth:`restore`, which holds the whole
+        snapshot in memory once; a large state machine should parse as it reads.
+        """
+        self.restore(b"".join(chunks))
 
     def supports_snapshots(self) -> bool:
         return type(self).snapshot is not StateMachine.snapshot
