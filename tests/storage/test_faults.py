@@ -1,0 +1,173 @@
+"""ENOSPC / EIO: the storage turns read-only without damage and recovers once space is back."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import all_entries, ents
+
+from zraft.core.types import Entry, EntryType, HardState
+from zraft.storage import Storage, StorageFailed
+
+SMALL = {"segment_bytes": 4096}
+
+
+def test_enospc_mid_append_fails_cleanly_and_recovers(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = Storage.open(data_dir, **SMALL)
+    st.append(ents(1, 1, 21))
+    st.sync()
+    real = os.pwrite
+    calls = {"n": 0}
+
+    def short_then_full(fd: int, data: bytes, offset: int) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:  # a short write, then the disk is full
+            return real(fd, memoryview(data)[: len(data) // 2], offset)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", short_then_full)
+    with pytest.raises(StorageFailed, match="No space left"):
+        st.append(ents(1, 21, 40))
+    assert st.failed and "append" in st.failed
+    with pytest.raises(StorageFailed, match="read-only"):
+        st.append(ents(1, 21, 22))
+    with pytest.raises(StorageFailed):
+        st.set_hard_state(HardState(2, "x"))
+    with pytest.raises(StorageFailed):
+        st.sync()
+    assert st.last_index() == 20 and all_entries(st) == ents(1, 1, 21)  # reads still work
+    monkeypatch.setattr(os, "pwrite", real)
+    st.recover_writes()
+    assert st.failed is None
+    assert all_entries(st) == ents(1, 1, 21)
+    st.append(ents(2, 21, 60))
+    st.sync()
+    st.close()
+    with Storage.open(data_dir, **SMALL) as st:
+        assert all_entries(st) == ents(1, 1, 21) + ents(2, 21, 60)
+
+
+def test_eio_on_sync_fails_and_reopen_sees_a_consistent_log(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = Storage.open(data_dir, **SMALL)
+    st.append(ents(1, 1, 30))
+    st.sync()
+    st.append(ents(1, 30, 35))
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fdatasync", eio)
+    with pytest.raises(StorageFailed, match="sync"):
+        st.sync()
+    monkeypatch.undo()
+    st.close()
+    with Storage.open(data_dir, **SMALL) as st:
+        assert st.last_index() >= 29
+        assert all_entries(st)[:29] == ents(1, 1, 30)
+
+
+def test_enospc_on_hard_state_keeps_the_old_file(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = Storage.open(data_dir, **SMALL)
+    st.set_hard_state(HardState(3, "a"))
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageFailed):
+        st.set_hard_state(HardState(4, "b"))
+    monkeypatch.undo()
+    st.close()
+    with Storage.open(data_dir, **SMALL) as st:
+        assert st.initial_state()[0] == HardState(3, "a")
+        assert not list(data_dir.glob("*.tmp"))
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Path]:
+    mnt = Path(tempfile.mkdtemp(prefix="zraft-tmpfs-"))
+    try:
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+            capture_output=True,
+            timeout=10,
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount tmpfs: {res.stderr.decode().strip() or res.returncode}")
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True, timeout=10)
+    finally:
+        shutil.rmtree(mnt, ignore_errors=True)
+
+
+def test_real_full_disk_on_tmpfs(small_tmpfs: Path) -> None:
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(b"\0" * (256 << 10))
+    data = small_tmpfs / "data"
+    st = Storage.open(data, segment_bytes=64 << 10)
+    acked = 0
+    with pytest.raises(StorageFailed, match="No space"):
+        for i in range(1, 2000):  # bounded: 1 MiB fills long before 2000 x 2 KiB
+            st.append([Entry(1, i, EntryType.NORMAL, bytes([i % 256]) * 2000)])
+            st.sync()
+            acked = i
+    assert acked > 50
+    with pytest.raises(StorageFailed):
+        st.append([Entry(1, acked + 1, EntryType.NORMAL, b"x")])
+    filler.unlink()
+    st.recover_writes()
+    assert st.last_index() >= acked
+    got = st.entries(1, acked + 1, 1 << 40)
+    assert [e.data for e in got] == [bytes([i % 256]) * 2000 for i in range(1, acked + 1)]
+    nxt = st.last_index() + 1
+    st.append([Entry(2, nxt, EntryType.NORMAL, b"after")])
+    st.sync()
+    st.close()
+    with Storage.open(data, segment_bytes=64 << 10) as st:
+        assert st.entries(nxt, nxt + 1, 10)[0].data == b"after"
+
+
+def test_enospc_while_rolling_to_a_new_segment(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = Storage.open(data_dir, segment_bytes=512)
+    st.append(ents(1, 1, 5))
+    st.sync()
+    real_open = os.open
+
+    def no_new_files(path: str | Path, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_CREAT and str(path).endswith(".seg"):
+            fd = real_open(path, flags, mode)  # the file appears, its header never lands
+            os.close(fd)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_new_files)
+    with pytest.raises(StorageFailed):
+        st.append(ents(1, 5, 60))
+    written = st.last_index()
+    assert 4 <= written < 59
+    assert all_entries(st) == ents(1, 1, written + 1)
+    monkeypatch.undo()
+    st.recover_writes()
+    assert all_entries(st) == ents(1, 1, written + 1)
+    st.append(ents(1, written + 1, 80))
+    st.sync()
+    st.close()
+    with Storage.open(data_dir, segment_bytes=512) as st:
+        assert all_entries(st) == ents(1, 1, 80)

@@ -1,0 +1,537 @@
+"""The segmented, checksummed log: append, group-commit sync, truncate, compact, recover.
+
+Memory per entry is two int64s (term, offset); payloads live on disk, apart from a
+small bounded cache of the most recent appends so a leader replicating fresh
+entries never reads them back. Every mutation updates the in-memory view only
+after the disk operation succeeded, so an OSError leaves memory describing a
+prefix of what is on disk (the Storage then refuses writes until reopened).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import itertools
+import os
+import struct
+import zlib
+from array import array
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from zraft.core.types import Compacted, Entry, EntryType, Unavailable
+from zraft.storage import records as rec
+from zraft.storage.errors import CorruptLog, RecordTooLarge
+from zraft.storage.fileutil import atomic_write, fsync_dir, pread_exact, write_all
+
+log = structlog.get_logger("zraft.storage")
+
+TRUNCATE_MARKER = "TRUNCATE"
+_MARKER = struct.Struct("<8sQI")
+_MARKER_MAGIC = b"ZRTRUNC1"
+_CONFIG = int(EntryType.CONFIG)
+MAX_READ_FDS = 16
+CACHE_ENTRIES = 4096
+CACHE_BYTES = 8 << 20
+#: Per-entry size overhead counted against entries(max_bytes); the same rule as
+#: zraft.core.log.entry_size, so a batch is sized alike from memory or from disk.
+ENTRY_OVERHEAD_BYTES = 16
+#: The active segment's offset index is checkpointed to its .idx every this many
+#: bytes, so opening scans at most this much of the tail record by record.
+CHECKPOINT_BYTES = 8 << 20
+
+
+@dataclass(slots=True)
+class Segment:
+    path: Path
+    base: int
+    prev_term: int
+    offsets: array[int] = field(default_factory=lambda: array("q"))
+    end: int = rec.SEG_HDR_BYTES  #: bytes of valid data in the file
+
+    @property
+    def last(self) -> int:
+        return self.base + len(self.offsets) - 1
+
+    def record_end(self, k: int) -> int:
+        return self.offsets[k + 1] if k + 1 < len(self.offsets) else self.end
+
+
+class SegmentLog:
+    """Segment files ``<base>.seg`` in one directory; the last one is the active tail."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int,
+        durable: bool,
+        max_record_bytes: int,
+        verify_sealed: bool = True,
+        checkpoint_bytes: int | None = None,
+    ) -> None:
+        assert segment_bytes > rec.SEG_HDR_BYTES and max_record_bytes > 0
+        self.dir = directory
+        self.segment_bytes = segment_bytes
+        self.durable = durable
+        self.max_record_bytes = max_record_bytes
+        self.verify_sealed = verify_sealed
+        self.checkpoint_bytes = CHECKPOINT_BYTES if checkpoint_bytes is None else checkpoint_bytes
+        self._ckpt_count = 0  #: entries of the active segment its .idx chunks describe
+        self._ckpt_end = 0  #: bytes of the active segment those entries span
+        self._segs: list[Segment] = []
+        self._bases: list[int] = []
+        self._terms: array[int] = array("q")
+        self._first = 1
+        self._boundary_term = 0  #: term of first-1 while no segment exists
+        self._config: list[int] = []
+        self._fd = -1  #: the active segment, O_RDWR
+        self._active_crc = 0
+        self._read_fds: OrderedDict[Path, int] = OrderedDict()
+        self._dirty: set[int] = set()
+        self._cache: deque[Entry] = deque()
+        self._cache_bytes = 0
+
+    # ------------------------------------------------------------------ reads
+
+    def first_index(self) -> int:
+        return self._first
+
+    def last_index(self) -> int:
+        return self._first + len(self._terms) - 1
+
+    def prev_term(self) -> int:
+        """Term of first_index - 1 (0 for an empty, never compacted log)."""
+        return self._segs[0].prev_term if self._segs else self._boundary_term
+
+    def term(self, index: int) -> int:
+        k = index - self._first
+        if k >= 0:
+            if k >= len(self._terms):
+                raise Unavailable(index)
+            return self._terms[k]
+        if k == -1:
+            return self.prev_term()
+        raise Compacted(index)
+
+    def last_config_index(self) -> int:
+        return self._config[-1] if self._config else 0
+
+    def segment_count(self) -> int:
+        return len(self._segs)
+
+    def disk_bytes(self) -> int:
+        return sum(s.end for s in self._segs)
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """[lo, hi): at least one entry, then more while sum(len(data) + 16) <= max_bytes."""
+        if lo < self._first:
+            raise Compacted(lo)
+        if hi > self.last_index() + 1:
+            raise Unavailable(hi - 1)
+        out: list[Entry] = []
+        used = 0
+        cache_first = self._cache[0].index if self._cache else self.last_index() + 1
+        if lo < cache_first:
+            used = self._read_disk(lo, min(hi, cache_first), max_bytes, out)
+            if len(out) < min(hi, cache_first) - lo:
+                return out
+            lo = cache_first
+        for k in range(lo - cache_first, hi - cache_first):
+            e = self._cache[k]
+            size = len(e.data) + ENTRY_OVERHEAD_BYTES
+            if out and used + size > max_bytes:
+                break
+            used += size
+            out.append(e)
+        return out
+
+    def _read_disk(self, lo: int, hi: int, max_bytes: int, out: list[Entry]) -> int:
+        used = 0
+        while lo < hi:
+            seg = self._segs[bisect.bisect_right(self._bases, lo) - 1]
+            i, j = lo - seg.base, min(hi, seg.last + 1) - seg.base
+            k = i
+            while k < j:
+                size = seg.record_end(k) - seg.offsets[k] - rec.REC_HDR_BYTES
+                size += ENTRY_OVERHEAD_BYTES
+                if (out or k > i) and used + size > max_bytes:
+                    break
+                used += size
+                k += 1
+            start = seg.offsets[i]
+            buf = pread_exact(self._read_fd(seg), seg.record_end(k - 1) - start, start)
+            for n in range(i, k):
+                e = rec.decode_record_at(buf, seg.offsets[n] - start, seg.path)
+                if e.index != seg.base + n:
+                    raise CorruptLog(
+                        f"{seg.path}: record at offset {seg.offsets[n]} has index {e.index},"
+                        f" expected {seg.base + n}",
+                        path=str(seg.path),
+                        offset=seg.offsets[n],
+                    )
+                out.append(e)
+            if k < j:
+                break
+            lo = seg.base + j
+        return used
+
+    def _read_fd(self, seg: Segment) -> int:
+        if seg is self._segs[-1] and self._fd >= 0:
+            return self._fd
+        fd = self._read_fds.pop(seg.path, -1)
+        if fd < 0:
+            fd = os.open(seg.path, os.O_RDONLY)
+            while len(self._read_fds) >= MAX_READ_FDS:
+                os.close(self._read_fds.popitem(last=False)[1])
+        self._read_fds[seg.path] = fd
+        return fd
+
+    def _forget_fd(self, path: Path) -> None:
+        fd = self._read_fds.pop(path, -1)
+        if fd >= 0:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ writes
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Write ``entries`` (contiguous); a first index <= last_index replaces the suffix."""
+        if not entries:
+            return
+        first = entries[0].index
+        self._validate(entries)
+        blobs = [rec.encode_record(e) for e in entries]
+        for e, blob in zip(entries, blobs, strict=True):
+            if len(blob) > self.max_record_bytes:
+                raise RecordTooLarge(
+                    f"entry {e.index}: record of {len(blob)} bytes exceeds"
+                    f" max_record_bytes={self.max_record_bytes}"
+                )
+        if first <= self.last_index():
+            self.truncate_suffix(first)
+        if not self._segs:
+            self._create_segment(first, self.prev_term())
+        self._write_batch(entries, blobs)
+
+    def _validate(self, entries: Sequence[Entry]) -> None:
+        first = entries[0].index
+        if first < self._first or first > self.last_index() + 1:
+            raise ValueError(
+                f"append at {first} does not fit log [{self._first}, {self.last_index()}]"
+            )
+        prev = self.term(first - 1) if first - 1 >= self._first - 1 else 0
+        for k, e in enumerate(entries):
+            if e.index != first + k or e.term < prev or e.term <= 0:
+                raise ValueError(f"entries must be contiguous with non-decreasing terms: {e[:3]}")
+            prev = e.term
+
+    def _write_batch(self, entries: Sequence[Entry], blobs: list[bytes]) -> None:
+        seg = self._segs[-1]
+        buf = bytearray()
+        batch_lo = 0
+        for n, blob in enumerate(blobs):
+            pending = len(seg.offsets) + (n - batch_lo)
+            if pending and seg.end + len(buf) + len(blob) > self.segment_bytes:
+                self._flush(entries[batch_lo:n], buf)
+                self._roll(entries[n].index)
+                seg, batch_lo = self._segs[-1], n
+                buf = bytearray()
+            buf += blob
+        self._flush(entries[batch_lo:], buf)
+
+    def _flush(self, entries: Sequence[Entry], buf: bytearray) -> None:
+        """One pwrite of whole records at the active segment's end, then update memory."""
+        if not entries:
+            return
+        seg = self._segs[-1]
+        view = memoryview(buf)
+        written = 0
+        while written < len(buf):
+            n = os.pwrite(self._fd, view[written:], seg.end + written)
+            assert n > 0
+            written += n
+        self._dirty.add(self._fd)
+        self._active_crc = zlib.crc32(buf, self._active_crc)
+        off = seg.end
+        for e in entries:
+            seg.offsets.append(off)
+            off += rec.REC_HDR_BYTES + len(e.data)
+            self._terms.append(e.term)
+            if e.type == EntryType.CONFIG:
+                self._config.append(e.index)
+            self._cache_put(e)
+        assert off == seg.end + len(buf)
+        seg.end = off
+
+    def _cache_put(self, e: Entry) -> None:
+        assert not self._cache or self._cache[-1].index + 1 == e.index, "cache is contiguous"
+        self._cache.append(e)
+        self._cache_bytes += len(e.data)
+        while self._cache and (len(self._cache) > CACHE_ENTRIES or self._cache_bytes > CACHE_BYTES):
+            self._cache_bytes -= len(self._cache.popleft().data)
+
+    def sync(self) -> int:
+        """fdatasync every file written since the last sync (normally one); returns the count.
+
+        New segment files and deletions were made durable (directory fsync) when they
+        happened, so the data files are all that is left.
+        """
+        n = 0
+        if self.durable:
+            for fd in self._dirty:
+                os.fdatasync(fd)
+                n += 1
+        self._dirty.clear()
+        if self._segs and self._segs[-1].end - self._ckpt_end >= self.checkpoint_bytes:
+            self._append_checkpoint(self._segs[-1])
+        return n
+
+    def _roll(self, base: int) -> None:
+        """Seal the active segment (fsync + index sidecar) and start a new one at ``base``.
+
+        The sealed segment is made durable before anything lands in the next one, so
+        after a power loss only the newest segment can hold a torn write.
+        """
+        old = self._segs[-1]
+        if self.durable:
+            os.fdatasync(self._fd)
+        self._dirty.discard(self._fd)
+        self._append_checkpoint(old)
+        os.close(self._fd)
+        self._fd = -1
+        self._create_segment(base, self._terms[-1])
+
+    def _append_checkpoint(self, seg: Segment) -> None:
+        """Append an index chunk for the active segment's entries not yet in its .idx.
+
+        Not fsynced and optional: on any error the file is dropped and rebuilt later.
+        """
+        done, count = self._ckpt_count, len(seg.offsets)
+        if done == count and self._ckpt_end == seg.end:
+            return
+        lo = seg.base - self._first
+        types = bytearray(count - done)
+        for index in self._config[bisect.bisect_left(self._config, seg.base + done) :]:
+            types[index - seg.base - done] = _CONFIG
+        chunk = rec.encode_index_chunk(
+            seg.base,
+            done,
+            seg.offsets[done:],
+            self._terms[lo + done : lo + count],
+            bytes(types),
+            seg.end,
+            self._active_crc,
+        )
+        path = _idx_path(seg.path)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if done else os.O_TRUNC)
+        try:
+            fd = os.open(path, flags, 0o644)
+            try:
+                write_all(fd, chunk)
+            finally:
+                os.close(fd)
+        except OSError:
+            _unlink_quiet(path)
+            self._ckpt_count = self._ckpt_end = 0
+            return
+        self._ckpt_count, self._ckpt_end = count, seg.end
+
+    def set_checkpoint(self, count: int, end: int) -> None:
+        """Recovery tells how much of the active segment its .idx already describes."""
+        assert 0 <= count <= len(self._segs[-1].offsets)
+        self._ckpt_count, self._ckpt_end = count, end
+
+    def _create_segment(self, base: int, prev_term: int) -> None:
+        path = self.dir / rec.segment_name(base)
+        self._forget_fd(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            header = rec.encode_segment_header(base, prev_term)
+            write_all(fd, header)
+            if self.durable:
+                os.fdatasync(fd)
+                fsync_dir(self.dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        assert self._fd < 0
+        self._fd = fd
+        self._active_crc = zlib.crc32(header)
+        self._ckpt_count = self._ckpt_end = 0
+        if not self._segs:
+            self._first = base
+            self._terms = array("q")
+        assert base == self.last_index() + 1
+        self._segs.append(Segment(path, base, prev_term))
+        self._bases.append(base)
+
+    def truncate_suffix(self, index: int) -> None:
+        """Drop entries >= index. Crossing into a sealed segment goes through a durable marker."""
+        assert self._first <= index <= self.last_index()
+        k = bisect.bisect_right(self._bases, index) - 1
+        seg = self._segs[k]
+        cut = seg.offsets[index - seg.base]
+        if k == len(self._segs) - 1:
+            _unlink_quiet(_idx_path(seg.path))  # a checkpoint past the cut is stale
+            self._ckpt_count = self._ckpt_end = 0
+            os.ftruncate(self._fd, cut)
+            self._dirty.add(self._fd)
+            self._active_crc = zlib.crc32(pread_exact(self._fd, cut, 0))
+        else:
+            self._truncate_across(k, index, cut)
+        del seg.offsets[index - seg.base :]
+        seg.end = cut
+        del self._terms[index - self._first :]
+        while self._config and self._config[-1] >= index:
+            self._config.pop()
+        while self._cache and self._cache[-1].index >= index:
+            self._cache_bytes -= len(self._cache.pop().data)
+
+    def _truncate_across(self, k: int, index: int, cut: int) -> None:
+        seg = self._segs[k]
+        write_marker(self.dir, index, durable=self.durable)
+        for later in reversed(self._segs[k + 1 :]):
+            self._drop_segment_file(later)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._dirty.discard(self._fd)
+            self._fd = -1
+        del self._segs[k + 1 :], self._bases[k + 1 :]
+        _unlink_quiet(_idx_path(seg.path))
+        self._forget_fd(seg.path)
+        self._fd = os.open(seg.path, os.O_RDWR)
+        self._ckpt_count = self._ckpt_end = 0
+        os.ftruncate(self._fd, cut)
+        self._active_crc = zlib.crc32(pread_exact(self._fd, cut, 0))
+        if self.durable:
+            os.fdatasync(self._fd)
+            fsync_dir(self.dir)
+        _unlink_quiet(self.dir / TRUNCATE_MARKER)
+        if self.durable:
+            fsync_dir(self.dir)
+
+    def _drop_segment_file(self, seg: Segment) -> None:
+        self._forget_fd(seg.path)
+        _unlink_quiet(_idx_path(seg.path))
+        _unlink_quiet(seg.path)
+
+    def compact(self, index: int) -> int:
+        """Delete whole segments whose entries are all <= index (never the active one).
+
+        Oldest first, so a crash part way leaves a contiguous suffix. Returns how many.
+        """
+        n = 0
+        while len(self._segs) > 1 and self._segs[0].last <= index:
+            seg = self._segs[0]
+            self._drop_segment_file(seg)
+            count = len(seg.offsets)
+            del self._segs[0], self._bases[0]
+            del self._terms[:count]
+            self._first = self._segs[0].base
+            n += 1
+        while self._config and self._config[0] < self._first:
+            self._config.pop(0)
+        if n and self.durable:
+            fsync_dir(self.dir)
+        return n
+
+    def reset(self, index: int, term: int) -> None:
+        """Restart the log after a snapshot at (index, term): keep it only if it agrees there."""
+        if self._first - 1 <= index <= self.last_index() and self.term(index) == term:
+            self.compact(index)
+            return
+        if self._fd >= 0:
+            self._dirty.discard(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        for seg in reversed(self._segs):
+            self._drop_segment_file(seg)
+        if self.durable and self._segs:
+            fsync_dir(self.dir)
+        self._segs, self._bases, self._config = [], [], []
+        self._terms = array("q")
+        self._cache.clear()
+        self._cache_bytes = 0
+        self._first, self._boundary_term = index + 1, term
+        self._create_segment(index + 1, term)
+
+    def set_empty_boundary(self, index: int, term: int) -> None:
+        """For a log with no segments: it starts after (index, term) (a snapshot)."""
+        assert not self._segs
+        self._first, self._boundary_term = index + 1, term
+
+    def install(
+        self, segs: list[Segment], terms: array[int], config: list[int], active_crc: int
+    ) -> None:
+        """Adopt the state recovery rebuilt from disk; the last segment becomes active."""
+        assert not self._segs and segs
+        for a, b in itertools.pairwise(segs):
+            assert b.base == a.last + 1, "recovery hands over a chained log"
+        self._segs, self._bases = segs, [s.base for s in segs]
+        self._terms, self._config = terms, config
+        self._first = segs[0].base
+        assert len(terms) == segs[-1].last - self._first + 1
+        self._fd = os.open(segs[-1].path, os.O_RDWR)
+        self._active_crc = active_crc
+
+    def rollback_unrecorded(self) -> None:
+        """Remove bytes and segment files a failed write left beyond what memory records.
+
+        After an error the caller was told the write failed; cutting its partial
+        leftovers keeps the log equal to what the caller believes it holds.
+        """
+        if not self._segs:
+            return
+        active = self._segs[-1]
+        for name in os.listdir(self.dir):
+            base = rec.parse_segment_name(name)
+            if base is not None and base > active.base:
+                self._drop_segment_file(Segment(self.dir / name, base, 0))
+        if self._fd >= 0 and os.fstat(self._fd).st_size > active.end:
+            os.ftruncate(self._fd, active.end)
+            if self.durable:
+                os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._dirty.clear()
+
+
+def _idx_path(seg_path: Path) -> Path:
+    return seg_path.with_suffix(".idx")
+
+
+def _unlink_quiet(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def write_marker(directory: Path, index: int, *, durable: bool) -> None:
+    head = _MARKER.pack(_MARKER_MAGIC, index, 0)[:-4]
+    atomic_write(
+        directory / TRUNCATE_MARKER, head + struct.pack("<I", zlib.crc32(head)), durable=durable
+    )
+
+
+def read_marker(directory: Path) -> int | None:
+    """The pending truncation point, or None; a garbled marker is corruption."""
+    path = directory / TRUNCATE_MARKER
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) != _MARKER.size or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+        raise CorruptLog(f"{path}: truncation marker fails its checksum", path=str(path), offset=0)
+    magic, index, _ = _MARKER.unpack(data)
+    if magic != _MARKER_MAGIC:
+        raise CorruptLog(f"{path}: bad truncation marker magic", path=str(path), offset=0)
+    return int(index)

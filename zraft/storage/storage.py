@@ -1,0 +1,348 @@
+"""Storage: the durable state of one node (log, hard state, snapshots) in one data dir.
+
+Layout of ``data_dir``::
+
+    LOCK          flock'd while open (one Storage per directory)
+    hardstate     term, vote, bootstrap membership (atomic replace, checksummed)
+    log/          <first index>.seg segments (+ .idx sidecars), TRUNCATE marker
+    snapshots/    snap-<term>-<index>.snap files, staging-*.part while receiving
+
+Threading: everything runs on the reactor thread except :meth:`Storage.write_snapshot`,
+which may run on a helper thread; it touches only snapshot files and publishes
+the new metadata under the snapshot store's lock.
+
+Failure: an OSError while writing (ENOSPC, EIO) puts the storage in a failed,
+read-only state: later writes raise :class:`StorageFailed` carrying the reason,
+reads keep working. :meth:`Storage.recover_writes` re-reads everything from disk
+(never trusting page-cache state after a failed fsync) and lifts the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import structlog
+
+from zraft.core.types import Entry, HardState, Membership, SnapshotMeta
+from zraft.storage import hardstate
+from zraft.storage import records as rec
+from zraft.storage.errors import (
+    AlreadyBootstrapped,
+    CorruptLog,
+    DataDirLocked,
+    StorageFailed,
+)
+from zraft.storage.log import SegmentLog
+from zraft.storage.recovery import recover
+from zraft.storage.snapshots import SnapshotStore
+
+log = structlog.get_logger("zraft.storage")
+
+FSYNC_MODES = ("always", "never")
+MIN_SEGMENT_BYTES = 64
+MAX_SEGMENT_BYTES = 1 << 32
+MAX_RECORD_LIMIT = 1 << 30
+LOG_DIR = "log"
+SNAP_DIR = "snapshots"
+
+
+class Storage:
+    """A node's durable state; implements :class:`zraft.core.types.LogStorage`.
+
+    ``fsync="never"`` skips every fsync: fast, and UNSAFE — a power loss or OS
+    crash can lose acknowledged entries and votes, breaking Raft's guarantees.
+    Use it only for tests and benchmarks.
+    """
+
+    def __init__(self, data_dir: Path, opts: dict[str, int], durable: bool) -> None:
+        self.dir = data_dir
+        self._opts = opts
+        self._durable = durable
+        self._failed: str | None = None
+        self._lock_fd = _lock_dir(data_dir)
+        try:
+            self._hard = hardstate.load(data_dir)
+            self._snaps = SnapshotStore(
+                data_dir / SNAP_DIR, keep=opts["keep_snapshots"], durable=durable
+            )
+            self._log = self._open_log()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        segment_bytes: int = 64 << 20,
+        fsync: str = "always",
+        max_record_bytes: int = 16 << 20,
+        keep_snapshots: int = 2,
+    ) -> Storage:
+        """Open (creating if needed) and recover ``data_dir``; raises CorruptLog on damage."""
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {fsync!r}")
+        if not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ValueError(f"segment_bytes out of range: {segment_bytes}")
+        if not rec.REC_HDR_BYTES < max_record_bytes <= MAX_RECORD_LIMIT:
+            raise ValueError(f"max_record_bytes out of range: {max_record_bytes}")
+        if not 1 <= keep_snapshots <= 1000:
+            raise ValueError(f"keep_snapshots out of range: {keep_snapshots}")
+        if fsync == "never":
+            log.warning("storage_fsync_disabled", dir=str(data_dir), note="UNSAFE: tests only")
+        path = Path(data_dir)
+        for sub in (path, path / LOG_DIR, path / SNAP_DIR):
+            sub.mkdir(parents=True, exist_ok=True)
+        opts = {
+            "segment_bytes": segment_bytes,
+            "max_record_bytes": max_record_bytes,
+            "keep_snapshots": keep_snapshots,
+        }
+        return cls(path, opts, fsync == "always")
+
+    def _open_log(self) -> SegmentLog:
+        started = time.monotonic()
+        slog, _ = recover(
+            self.dir / LOG_DIR,
+            segment_bytes=self._opts["segment_bytes"],
+            durable=self._durable,
+            max_record_bytes=self._opts["max_record_bytes"],
+        )
+        try:
+            reconcile(slog, self._snaps.newest())
+        except BaseException:
+            slog.close()
+            raise
+        log.info(
+            "storage_opened",
+            dir=str(self.dir),
+            first_index=slog.first_index(),
+            last_index=slog.last_index(),
+            segments=slog.segment_count(),
+            elapsed_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return slog
+
+    # ------------------------------------------------------------------ LogStorage
+
+    def initial_state(self) -> tuple[HardState, Membership]:
+        hs = self._hard.hard_state if self._hard else HardState()
+        snap = self._snaps.newest()
+        cfg = self._log.last_config_index()
+        if cfg and (snap is None or cfg > snap.index):
+            return hs, Membership.decode(self._log.entries(cfg, cfg + 1, 0)[0].data)
+        if snap is not None:
+            return hs, snap.membership
+        return hs, self.bootstrap_membership()
+
+    def first_index(self) -> int:
+        return self._log.first_index()
+
+    def last_index(self) -> int:
+        return self._log.last_index()
+
+    def term(self, index: int) -> int:
+        return self._log.term(index)
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        return self._log.entries(lo, hi, max_bytes)
+
+    def snapshot_meta(self) -> SnapshotMeta | None:
+        return self._snaps.newest()
+
+    def snapshot_chunk(self, index: int, offset: int, max_bytes: int) -> bytes:
+        return self._snaps.chunk(index, offset, max_bytes)
+
+    # ------------------------------------------------------------------ writes
+
+    @contextlib.contextmanager
+    def _writing(self, op: str) -> Iterator[None]:
+        """Refuse writes once failed; turn an OSError into the failed state."""
+        if self._failed is not None:
+            raise StorageFailed(f"storage is read-only after an earlier failure: {self._failed}")
+        try:
+            yield
+        except OSError as err:
+            self._failed = f"{op}: {err}"
+            log.error("storage_failed", op=op, errno=err.errno, error=str(err), dir=str(self.dir))
+            raise StorageFailed(self._failed) from err
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Write (not yet durable) ``entries``; an index <= last_index replaces that suffix.
+
+        Replacing entries a snapshot covers would contradict the snapshot (they are
+        committed): that is a caller bug and raises ValueError.
+        """
+        snap = self._snaps.newest()
+        if entries and snap is not None and entries[0].index <= snap.index:
+            raise ValueError(
+                f"append at {entries[0].index} would replace entries covered by the"
+                f" snapshot at {snap.index}"
+            )
+        with self._writing("append"):
+            self._log.append(entries)
+
+    def sync(self) -> None:
+        """Make every append since the last sync durable: normally ONE fdatasync."""
+        with self._writing("sync"):
+            self._log.sync()
+
+    def set_hard_state(self, hs: HardState) -> None:
+        """Durable on return; the term never moves backwards."""
+        current = self._hard.hard_state if self._hard else HardState()
+        if hs.term < current.term:
+            raise ValueError(f"term must not go backwards: {current.term} -> {hs.term}")
+        if self._hard is not None and hs == current:
+            return
+        boot = self._hard.bootstrap if self._hard else None
+        new = hardstate.Persisted(hs, boot)
+        with self._writing("set_hard_state"):
+            hardstate.store(self.dir, new, durable=self._durable)
+            self._hard = new
+
+    def compact(self, index: int) -> None:
+        """Delete whole segments whose entries are all <= index.
+
+        Never past the OLDEST retained snapshot: if the newest one turns out damaged
+        at the next open, the older one plus the log still rebuild the state.
+        """
+        snap = self._snaps.oldest()
+        if snap is not None:
+            index = min(index, snap.index)
+        with self._writing("compact"):
+            removed = self._log.compact(index)
+        if removed:
+            log.info("storage_compacted", index=index, segments=removed, first=self.first_index())
+
+    def bootstrap(self, membership: Membership) -> None:
+        """Record the initial membership; only on an empty data dir."""
+        if not self.is_empty():
+            raise AlreadyBootstrapped(f"{self.dir} already holds state")
+        new = hardstate.Persisted(HardState(), membership)
+        with self._writing("bootstrap"):
+            hardstate.store(self.dir, new, durable=self._durable)
+            self._hard = new
+        log.info("storage_bootstrapped", voters=sorted(membership.voters))
+
+    def bootstrap_membership(self) -> Membership:
+        """The membership given at bootstrap (in force before any CONFIG entry), or empty."""
+        if self._hard and self._hard.bootstrap is not None:
+            return self._hard.bootstrap
+        return Membership()
+
+    def is_empty(self) -> bool:
+        return (
+            self._hard is None
+            and self._log.segment_count() == 0
+            and self._log.last_index() == 0
+            and self._snaps.newest() is None
+        )
+
+    # ------------------------------------------------------------------ snapshots
+
+    def write_snapshot(
+        self, index: int, term: int, membership: Membership, chunks: Iterable[bytes]
+    ) -> SnapshotMeta:
+        """Write a snapshot of the local state machine; safe from a helper thread."""
+        assert index >= 0 and term >= 0
+        try:
+            return self._snaps.write(index, term, membership, chunks)
+        except OSError as err:
+            raise StorageFailed(f"write_snapshot: {err}") from err
+
+    def read_snapshot(self, meta: SnapshotMeta, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """Stream a snapshot's data; raises CorruptSnapshot at the end if it fails its crc."""
+        return self._snaps.read(meta, chunk_bytes)
+
+    def stage_snapshot_chunk(self, meta: SnapshotMeta, offset: int, data: bytes) -> None:
+        """Store a chunk received from the leader (made durable by finish_staged_snapshot)."""
+        with self._writing("stage_snapshot_chunk"):
+            self._snaps.stage(meta, offset, data)
+
+    def finish_staged_snapshot(self, meta: SnapshotMeta) -> bool:
+        """Verify + install the staged snapshot and restart the log after it; False if invalid."""
+        with self._writing("finish_staged_snapshot"):
+            if not self._snaps.finish_staged(meta):
+                return False
+            self._log.reset(meta.index, meta.term)
+        log.info("storage_snapshot_installed", index=meta.index, term=meta.term)
+        return True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def recover_writes(self) -> None:
+        """Leave the failed state by re-reading everything from disk (e.g. after freeing space)."""
+        try:
+            if self._failed is not None:
+                self._log.rollback_unrecorded()
+            self._log.close()
+            self._hard = hardstate.load(self.dir)
+            self._log = self._open_log()
+        except OSError as err:
+            self._failed = f"recover_writes: {err}"
+            raise StorageFailed(self._failed) from err
+        if self._failed is not None:
+            log.info("storage_writes_recovered", previous_failure=self._failed)
+        self._failed = None
+
+    @property
+    def failed(self) -> str | None:
+        """Why writes are refused, or None."""
+        return self._failed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._log.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def disk_bytes(self) -> int:
+        return self._log.disk_bytes() + self._snaps.disk_bytes()
+
+    def segment_count(self) -> int:
+        return self._log.segment_count()
+
+
+def reconcile(slog: SegmentLog, snap: SnapshotMeta | None) -> None:
+    """Make the log agree with the newest snapshot (finishing an interrupted install)."""
+    if snap is None:
+        if slog.first_index() > 1:
+            log.warning("storage_log_without_snapshot", first_index=slog.first_index())
+        return
+    if slog.segment_count() == 0:
+        slog.set_empty_boundary(snap.index, snap.term)
+        return
+    if slog.first_index() > snap.index + 1:
+        raise CorruptLog(
+            f"{slog.dir}: log starts at index {slog.first_index()} but the newest valid snapshot"
+            f" ends at {snap.index}: entries in between are missing (offset 0)",
+            path=str(slog.dir),
+            offset=0,
+        )
+    if slog.last_index() < snap.index or slog.term(snap.index) != snap.term:
+        log.warning("storage_log_reset_to_snapshot", index=snap.index, term=snap.term)
+        slog.reset(snap.index, snap.term)
+
+
+def _lock_dir(data_dir: Path) -> int:
+    fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirLocked(f"{data_dir} is open by another Storage") from None
+    return fd
