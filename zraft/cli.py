@@ -18,6 +18,7 @@ from typing import Any
 
 from zraft.config import Config, parse_cluster
 from zraft.errors import ConfigError, ZraftError
+from zraft.storage.errors import StorageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -248,6 +249,25 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Discard a damaged log suffix so the node can start and catch up from the leader."""
+    from zraft.storage import repair
+
+    report = repair(args.data_dir, reset_hard_state=args.reset_hard_state)
+    for cut in report.cuts:
+        removed = f"; removed {', '.join(cut.removed_files)}" if cut.removed_files else ""
+        print(f"cut {cut.path} at byte {cut.offset}: {cut.reason}{removed}")
+    if report.log_reset:
+        print("the log did not meet the snapshot: it was dropped; the node will catch up")
+    if report.hard_state_error:
+        state = "rewritten (UNSAFE)" if report.hard_state_reset else "left as is"
+        print(f"hard state unreadable: {report.hard_state_error}; {state}")
+    if not report.changed and not report.hard_state_error:
+        print("nothing to repair")
+    print(f"log now holds {report.first_index}..{report.last_index}")
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from zraft.demo import run_demo
 
@@ -322,6 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kg.set_defaults(func=cmd_keygen)
 
+    rp = sub.add_parser(
+        "repair",
+        help="discard a damaged log suffix (the node then catches up from the leader)",
+        description="Safe on one node at a time while a majority still holds the entries.",
+    )
+    rp.add_argument("--data-dir", required=True)
+    rp.add_argument(
+        "--reset-hard-state",
+        action="store_true",
+        help="UNSAFE: rewrite an unreadable term/vote file (the node could vote twice)",
+    )
+    rp.set_defaults(func=cmd_repair)
+
     demo = sub.add_parser("demo", help="run a local 3-node cluster, kill its leader, show failover")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--writes", type=int, default=300)
@@ -349,6 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zraft {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageError as exc:
+        print(f"zraft {args.command}: refusing to run on damaged storage: {exc}", file=sys.stderr)
+        print(
+            "  the rest of the cluster keeps the data: `zraft repair --data-dir DIR` discards",
+            file=sys.stderr,
+        )
+        print("  the damaged suffix, and the node then catches up from the leader", file=sys.stderr)
+        return EXIT_FAIL
     except ZraftError as exc:
         print(f"zraft {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE if "no answer" in str(exc) else EXIT_FAIL

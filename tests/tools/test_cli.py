@@ -118,3 +118,49 @@ def test_demo_runs_as_the_readme_says() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "took over" in res.stdout and "no acknowledged write was lost" in res.stdout
     assert "stopped every node process" in res.stdout
+
+
+def test_damaged_log_refused_then_repaired(tmp_path: Path) -> None:
+    """A node refuses to start on a damaged log; `zraft repair` lets it start and catch up."""
+    with LocalCluster(3, base_dir=tmp_path / "c") as cluster:
+        leader = cluster.wait_for_leader(timeout=30)
+        victim = next(n for n in cluster.nodes if n != leader)
+        with cluster.client(timeout=30) as c:
+            for i in range(200):
+                c.apply("put", f"k{i}", i)
+        cluster.stop(victim)
+        data_dir = cluster.nodes[victim].data_dir
+        segment = sorted(data_dir.rglob("*.seg"))[0]
+        raw = bytearray(segment.read_bytes())
+        raw[len(raw) // 3] ^= 0xFF  # a flipped bit in the middle: not a torn tail
+        segment.write_bytes(bytes(raw))
+        node = cluster.nodes[victim]
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "zraft.cli",
+                "run",
+                "--id",
+                victim,
+                "--cluster",
+                cluster.cluster_spec,
+                "--data-dir",
+                str(data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert res.returncode == 1
+        assert "refusing to run on damaged storage" in res.stderr and segment.name in res.stderr
+        rep = zraft("repair", "--data-dir", str(data_dir))
+        assert rep.returncode == 0, rep.stderr
+        assert "cut" in rep.stdout
+        cluster.start(victim)
+        commit = cluster.statuses()[leader]["commit"]
+        cluster.wait_applied(commit, [victim], timeout=60)
+        with cluster.client(timeout=30) as c:
+            assert [c.query("get", f"k{i}") for i in range(200)] == list(range(200))
+        assert node.alive()

@@ -74,6 +74,13 @@ class Progress:
         self.inflight.clear()
         self.snap_meta = None
 
+    def forget_match(self, match: int) -> None:
+        """The follower lost entries it had acknowledged: probe again from its real end."""
+        assert 0 <= match < self.match, "forget_match only lowers match"
+        self.match = match
+        self.hb_match = -1
+        self.become_probe(match + 1)
+
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1

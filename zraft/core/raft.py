@@ -145,6 +145,8 @@ class Raft:
         #: (index, membership) of every CONFIG that may still be truncated, plus a base
         self._configs: list[tuple[int, Membership]] = self._load_configs(membership, snap)
         self.dropped = 0
+        #: followers that reported losing acknowledged entries (repaired logs)
+        self.lost_reports = 0
         self._msgs: list[Message] = []
         self._chunks: list[SnapshotChunk] = []
         self._read_states: list[ReadState] = []
@@ -505,8 +507,13 @@ class Raft:
         if isinstance(m, AppendEntries):
             self._on_append(m)
         elif isinstance(m, Heartbeat):
-            self._commit_to(min(m.commit, self.log.last_index()))
+            last = self.log.last_index()
+            self._commit_to(min(m.commit, last))
             self._send(HeartbeatResponse(self._term, self._id, m.frm, m.ctx))
+            if m.commit > last and self.log.snapshot is None and self._snap_verifying is None:
+                # the leader counts entries we no longer have (an operator repaired our
+                # log): say where our log really ends. index=0 is never a normal reject.
+                self._send(AppendResponse(self._term, self._id, m.frm, 0, True, 0, last + 1))
         elif isinstance(m, InstallSnapshot):
             self._on_install_snapshot(m)
         elif self._promotable():
@@ -782,6 +789,9 @@ class Raft:
         self._send_append(m.frm, pr, allow_empty=False)
 
     def _on_append_reject(self, m: AppendResponse, pr: Progress) -> None:
+        if m.index == 0:
+            self._on_entries_lost(m, pr)
+            return
         if pr.state is ProgressState.REPLICATE and m.index <= pr.match:
             return  # stale
         if pr.state is ProgressState.PROBE and m.index != pr.next - 1:
@@ -791,6 +801,19 @@ class Raft:
         nxt = self._next_from_hint(m)
         nxt = max(pr.match + 1, min(nxt, m.index, self.log.last_index() + 1))
         pr.become_probe(nxt)
+        self._send_append(m.frm, pr, allow_empty=True)
+
+    def _on_entries_lost(self, m: AppendResponse, pr: Progress) -> None:
+        """A follower's log ends below what it acknowledged (repaired after disk damage).
+
+        Raft assumes acknowledged entries are never lost; when an operator discards a
+        damaged suffix, the leader must stop counting them and send them again.
+        """
+        follower_last = m.hint_index - 1
+        if pr.state is ProgressState.SNAPSHOT or follower_last >= pr.match:
+            return  # stale, or nothing we relied on is missing
+        self.lost_reports += 1
+        pr.forget_match(max(0, follower_last))
         self._send_append(m.frm, pr, allow_empty=True)
 
     def _next_from_hint(self, m: AppendResponse) -> int:
