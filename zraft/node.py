@@ -460,7 +460,6 @@ class Node:
             while self.core.has_ready():
                 self._handle_ready(self.core.ready())
             self.transport.flush_replies()
-            self._last_status = self._status()
 
     def _drain_calls(self) -> None:
         with contextlib.suppress(zmq.Again):
@@ -1133,6 +1132,7 @@ class Node:
     # ------------------------------------------------------------------ periodic work
 
     def _housekeeping(self, now: float) -> None:
+        self._last_status = self._status()  # what status() answers while we cannot
         self._expire(now)
         self._maybe_promote()
 
