@@ -510,7 +510,11 @@ class Node:
         with contextlib.suppress(Exception):
             self.storage.close()
         self._run_queued_calls()
-        self._last_status = {**self._last_status, "role": "stopped"}
+        self._last_status = {
+            **self._last_status,
+            "role": "stopped",
+            "storage_error": self._storage_error,
+        }
         self.log.info("node_stopped")
         self.events.emit("node_stopped", self.config.node_id, None)
         self._stopped.set()
