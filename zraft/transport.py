@@ -19,6 +19,7 @@ CURVE on, a Transport owns the context's ZAP handler: one per context.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -89,6 +90,7 @@ class Transport:
         self._curve = curve
         self._max_msg_bytes = max_msg_bytes
         self._peer_sndhwm = peer_sndhwm
+        self._source = _source_host(bind)
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._replies: dict[bytes, list[ClientReply]] = {}  # flushed once per reactor turn
         self._dealers: dict[str, tuple[str, zmq.Socket[Any]]] = {}
@@ -149,7 +151,7 @@ class Transport:
                 sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
                 sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public_key)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret_key)
-            sock.connect(address)
+            sock.connect(_with_source(address, self._source))
         except zmq.ZMQError as exc:  # a bad address in a membership must not kill the reactor
             sock.close(linger=0)
             self._log.warning("peer_connect_failed", peer=peer_id, address=address, error=str(exc))
@@ -386,6 +388,26 @@ class Transport:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+
+
+def _source_host(bind: str) -> str:
+    """The IPv4 address peers should see our connections come from ('' = kernel's choice).
+
+    A node bound to one specific address (e.g. 127.0.0.2) connects from it too, so a
+    firewall rule on a node's address covers its traffic both ways (multi-homed hosts,
+    and the gauntlet's per-node loopback addresses).
+    """
+    m = re.match(r"^tcp://(\d{1,3}(?:\.\d{1,3}){3}):\d+$", bind)
+    if m is None or m.group(1) == "0.0.0.0":
+        return ""
+    return m.group(1)
+
+
+def _with_source(address: str, source: str) -> str:
+    """``tcp://SRC:0;HOST:PORT`` (libzmq's source-address syntax) for TCP peers."""
+    if not source or not address.startswith("tcp://") or ";" in address:
+        return address
+    return f"tcp://{source}:0;{address[len('tcp://') :]}"
 
 
 def _user_id(frame: zmq.Frame | bytes) -> str:
