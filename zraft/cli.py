@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--join", help="endpoint of a running cluster to join (empty data dir)")
     run.add_argument("--app", help="state machine: module:Class or path/file.py:Class (default KV)")
     run.add_argument("--config", help="zraft.toml with any Config option")
-    run.add_argument("--cluster-id", default="zraft")
+    run.add_argument("--cluster-id", help="default: the config file's, else 'zraft'")
     run.add_argument("--fsync", choices=["always", "never"])
     run.add_argument("--log-file")
     run.add_argument("--log-format", choices=["json", "console"], default="console")

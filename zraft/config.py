@@ -15,8 +15,8 @@ from typing import Any
 
 from zraft.errors import ConfigError
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_ADDR_RE = re.compile(r"^(tcp://[^\s]+:\d{1,5}|ipc://\S+|inproc://\S+)$")
+ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+ADDR_RE = re.compile(r"^(tcp://[^\s]+:\d{1,5}|ipc://\S+|inproc://\S+)$")
 
 
 @dataclass
@@ -66,15 +66,15 @@ class Config:
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first wrong option."""
-        if not _ID_RE.match(self.node_id or ""):
+        if not ID_RE.match(self.node_id or ""):
             raise ConfigError(f"node_id {self.node_id!r}: use 1-64 chars of [A-Za-z0-9_.-]")
         for name, addr in (("bind", self.bind), ("advertise", self.advertise)):
-            if addr is not None and not _ADDR_RE.match(addr):
+            if addr is not None and not ADDR_RE.match(addr):
                 raise ConfigError(f"{name} {addr!r}: expected e.g. tcp://127.0.0.1:7001")
         if not self.data_dir:
             raise ConfigError("data_dir is required")
         for pid, addr in self.peers.items():
-            if not _ID_RE.match(pid) or not _ADDR_RE.match(addr):
+            if not ID_RE.match(pid) or not ADDR_RE.match(addr):
                 raise ConfigError(f"peers entry {pid}={addr!r} is not id=tcp://host:port")
         if self.peers and self.node_id not in self.peers:
             raise ConfigError(f"peers must include this node ({self.node_id})")

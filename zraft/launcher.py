@@ -46,6 +46,8 @@ class NodeProc:
     log_file: Path
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    #: endpoints this node joined through (it is not in the bootstrap --cluster list)
+    join: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -138,10 +140,11 @@ class LocalCluster:
         for node in targets:
             if node.alive():
                 continue
+            node.join = join or node.join
             node.data_dir.mkdir(parents=True, exist_ok=True)
             stderr = open(self.base_dir / "logs" / f"{node.node_id}.stderr", "ab")  # noqa: SIM115
             node.proc = subprocess.Popen(
-                self._command(node, join),
+                self._command(node, node.join),
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
@@ -175,6 +178,8 @@ class LocalCluster:
         self.kill(node_id, signal.SIGTERM)
 
     def wipe(self, node_id: str) -> None:
+        """Delete a stopped node's data. Restarting it forgets its vote: in a real cluster,
+        remove the member first and add it back (or use a new id)."""
         shutil.rmtree(self.nodes[node_id].data_dir, ignore_errors=True)
 
     def client(self, timeout: float = 10.0, client_name: str | None = None) -> Client:
@@ -230,6 +235,7 @@ class LocalCluster:
         for node in self.nodes.values():
             if node.alive():
                 assert node.proc is not None
+                os.kill(node.proc.pid, signal.SIGCONT)  # a paused node could not exit
                 os.kill(node.proc.pid, signal.SIGTERM)
         for node in self.nodes.values():
             if node.proc is not None:
@@ -242,7 +248,11 @@ class LocalCluster:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,7 @@ import structlog
 import zmq
 
 from zraft import codec
-from zraft.config import Config
+from zraft.config import ADDR_RE, ID_RE, Config
 from zraft.core import raft as core_raft
 from zraft.core.types import (
     NONE,
@@ -113,6 +113,24 @@ class _Read:
     args: tuple[Any, ...]
     deliver: Deliver
     deadline: float
+    lease: bool = False  #: the caller accepts a lease read (consistency="lease")
+
+
+def _wire_safe(out: Outcome) -> Outcome:
+    """Deterministically turn a result msgpack cannot carry into an app_error.
+
+    Every node applies the same handler to the same entry, so every node makes the
+    same choice, and the session table (which snapshots pack) only holds packable data.
+    """
+    try:
+        msgpack.packb(out.result, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return Outcome(
+            False,
+            error="app_error",
+            message=f"result cannot be encoded: {type(exc).__name__}: {exc}"[:300],
+        )
+    return out
 
 
 class _Session:
@@ -352,12 +370,16 @@ class Node:
         except BaseException as exc:  # reported to start()/run()
             self._start_error = exc
             self.log.error("node_start_failed", error=str(exc))
+            self._release_resources()
             self._running.set()
             self._stopped.set()
             return
         try:
             self._running.set()
             self._loop()
+        except BaseException as exc:  # a bug or a failing user restore(): say so, then stop
+            self._start_error = exc
+            self.log.exception("reactor_crashed", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._shutdown()
 
@@ -394,6 +416,7 @@ class Node:
         self.core = core_raft.Raft(core_cfg, self.storage, applied=self._applied)
         membership = self.core.membership
         self._soft = (self.core.role, self.core.leader, self.core.term)
+        self._peers_for = self.core.membership
         self._vote = self.storage.initial_state()[0].vote
         curve = None
         if cfg.curve_keys:
@@ -452,8 +475,12 @@ class Node:
                 self._drain_calls()
             now = time.monotonic()
             if now >= next_tick:
-                self.core.tick()
-                next_tick = max(next_tick + tick_s, now - tick_s)
+                # a stalled reactor (GC, slow disk, SIGSTOP) owes the core the time that
+                # passed, or a leader's lease would outlive the stall; bounded catch-up
+                owed = min(int((now - next_tick) / tick_s) + 1, 2 * self.config.election_ticks)
+                for _ in range(owed):
+                    self.core.tick()
+                next_tick = max(next_tick + owed * tick_s, now)
                 self._housekeeping(now)
             self._flush_proposals()
             self._flush_reads()
@@ -474,6 +501,14 @@ class Node:
             except queue.Empty:
                 return
             fn()
+
+    def _release_resources(self) -> None:
+        """Close whatever _open managed to open (after a failed start, too)."""
+        for name in ("transport", "_wake", "storage"):
+            thing = getattr(self, name, None)
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
 
     def _request_stop(self) -> None:
         self._stop_requested = True
@@ -503,13 +538,8 @@ class Node:
                 r.deliver(stopped)
         if self._snapshot_thread is not None:
             self._snapshot_thread.join(timeout=30)
-        with contextlib.suppress(Exception):
-            self.transport.close()
-        with contextlib.suppress(Exception):
-            self._wake.close(linger=0)
-        with contextlib.suppress(Exception):
-            self.storage.close()
         self._run_queued_calls()
+        self._release_resources()
         self._last_status = {
             **self._last_status,
             "role": "stopped",
@@ -517,6 +547,7 @@ class Node:
         }
         self.log.info("node_stopped")
         self.events.emit("node_stopped", self.config.node_id, None)
+        self._running.clear()
         self._stopped.set()
 
     # ------------------------------------------------------------------ inbound messages
@@ -628,7 +659,16 @@ class Node:
                     deliver(Outcome(False, error="busy", message=str(exc) or "proposal dropped"))
                 continue
             for offset, (_, deliver, deadline) in enumerate(batch):
-                self._pending[first + offset] = _Pending(term, deliver, deadline)
+                self._track(first + offset, _Pending(term, deliver, deadline))
+
+    def _track(self, index: int, pending: _Pending) -> None:
+        """Remember who waits for ``index``; an older waiter there was overwritten for sure."""
+        displaced = self._pending.get(index)
+        if displaced is not None:
+            displaced.deliver(
+                Outcome(False, error="not_leader", message="entry replaced by a newer leader")
+            )
+        self._pending[index] = pending
 
     def _enqueue_read(self, read: _Read, consistency: str) -> None:
         if self._closing:
@@ -642,21 +682,30 @@ class Node:
         elif self.core.role != Role.LEADER:
             read.deliver(self._not_leader())
         else:
+            read.lease = consistency == "lease"
             self._reads_new.append(read)
 
     def _flush_reads(self) -> None:
+        """One ReadIndex request per batch of reads (and per consistency level)."""
         if not self._reads_new:
             return
         reads, self._reads_new = self._reads_new, []
-        ctx = struct.pack(">Q", next(self._read_ctx))
-        try:
-            self.core.read_index(ctx)
-        except core_raft.NotLeader:
-            out = self._not_leader()
-            for r in reads:
+        for lease in (False, True):
+            batch = [r for r in reads if r.lease is lease]
+            if not batch:
+                continue
+            ctx = struct.pack(">Q", next(self._read_ctx))
+            try:
+                self.core.read_index(ctx, lease=lease)
+            except core_raft.NotLeader:
+                out = self._not_leader()
+            except core_raft.ProposalDropped as exc:
+                out = Outcome(False, error="busy", message=f"reads refused: {exc}")
+            else:
+                self._reads_by_ctx[ctx] = batch
+                continue
+            for r in batch:
                 r.deliver(out)
-            return
-        self._reads_by_ctx[ctx] = reads
 
     def _serve_reads(self, reads: Iterable[_Read]) -> None:
         for r in reads:
@@ -687,6 +736,9 @@ class Node:
             if reads:
                 self._reads_waiting.append((rs.index, reads))
         self.core.advance(rd)
+        if self.core.membership is not self._peers_for:
+            self._peers_for = self.core.membership  # appended, truncated or from a snapshot
+            self.transport.set_peers(self._peer_addrs(self._peers_for))
         while self._reads_waiting and self._reads_waiting[0][0] <= self._applied:
             self._serve_reads(self._reads_waiting.popleft()[1])
 
@@ -822,6 +874,7 @@ class Node:
             except Exception as exc:  # the handler's error goes back to the caller
                 out = Outcome(False, error="app_error", message=f"{type(exc).__name__}: {exc}")
         if session is not None:
+            out = _wire_safe(out)  # a remote caller's result must survive msgpack and snapshots
             session.results[seq] = (out.ok, out.result, out.error, out.message)
             while len(session.results) > self.config.session_window:
                 session.results.popitem(last=False)
@@ -952,9 +1005,16 @@ class Node:
             return
         index, term, membership = self._applied, self._applied_term, self._applied_membership
         started = time.monotonic()
-        state = self.sm.snapshot()
+        try:
+            state = self.sm.snapshot()
+            head = self._snapshot_blob()
+        except Exception as exc:  # the user's snapshot() failed: no snapshot, node goes on
+            self.log.error("snapshot_failed", error=f"{type(exc).__name__}: {exc}")
+            self._last_snapshot_index = self._applied  # retry after the next N entries
+            if deliver is not None:
+                deliver(Outcome(False, error="app_error", message=f"snapshot() failed: {exc}"))
+            return
         chunks: Iterable[bytes] = [state] if isinstance(state, bytes | bytearray) else state
-        head = self._snapshot_blob()
 
         def stream() -> Iterator[bytes]:
             yield head
@@ -988,7 +1048,7 @@ class Node:
             return
         self._last_snapshot_index = meta.index
         keep_from = max(0, meta.index - self.config.snapshot_trailing)
-        if keep_from > 0:
+        if keep_from > 0 and not self._closing:
             self.storage.compact(keep_from)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         self.log.info("snapshot_taken", index=meta.index, size=meta.size, duration_ms=duration_ms)
@@ -1020,10 +1080,26 @@ class Node:
                 )
             )
             return False
-        self._pending[index] = _Pending(term, deliver, self._deadline(None))
+        except core_raft.ProposalDropped as exc:
+            deliver(Outcome(False, error="busy", message=f"membership change refused: {exc}"))
+            return False
+        except ValueError as exc:
+            deliver(Outcome(False, error="bad_request", message=str(exc)))
+            return False
+        self._track(index, _Pending(term, deliver, self._deadline(None)))
         return True
 
     def _do_add_member(self, node_id: str, address: str, voter: bool, deliver: Deliver) -> None:
+        if not ID_RE.match(node_id) or not ADDR_RE.match(address):
+            deliver(
+                Outcome(
+                    False,
+                    error="bad_request",
+                    message=f"add_member needs an id of [A-Za-z0-9_.-]{{1,64}} and an address "
+                    f"like tcp://host:port, got {node_id!r} {address!r}",
+                )
+            )
+            return
         m = self.core.membership
         if node_id in m.voters or (node_id in m.learners and not voter):
             deliver(Outcome(True, None))  # already there: idempotent for retries and --join

@@ -168,7 +168,7 @@ class Raft:
         self._round = 0
         self._round_ticks: dict[int, int] = {}
         self._reads: deque[_PendingRead] = deque()
-        self._reads_waiting: deque[bytes] = deque()
+        self._reads_waiting: deque[tuple[bytes, bool]] = deque()  #: (ctx, lease allowed)
         self._read_round_needed = False
         self._snap_recv: tuple[SnapshotMeta, int, NodeId] | None = None
         self._snap_verifying: SnapshotMeta | None = None
@@ -898,19 +898,24 @@ class Raft:
         if pr.match < self.log.last_index() and pr.state is ProgressState.PROBE:
             self._send_append(m.frm, pr, allow_empty=True)
 
-    def read_index(self, ctx: bytes) -> None:
-        """Request a linearizable read; the answer comes as a Ready.read_states entry."""
+    def read_index(self, ctx: bytes, *, lease: bool = True) -> None:
+        """Request a linearizable read; the answer comes as a Ready.read_states entry.
+
+        ``lease=False`` always confirms leadership with a quorum round, even when the
+        config enables lease reads (the caller asked for the stronger guarantee).
+        """
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)
         if len(self._reads) + len(self._reads_waiting) >= MAX_PENDING_READS:
             raise ProposalDropped("too many pending reads")
         if self.log.term(self._commit) != self._term:
-            self._reads_waiting.append(ctx)
+            self._reads_waiting.append((ctx, lease))
             return
-        self._start_read(ctx)
+        self._start_read(ctx, lease)
 
-    def _start_read(self, ctx: bytes) -> None:
-        if (len(self.membership.voters) == 1 and self._is_voter()) or self._lease_valid():
+    def _start_read(self, ctx: bytes, lease: bool) -> None:
+        single = len(self.membership.voters) == 1 and self._is_voter()
+        if single or (lease and self._lease_valid()):
             self._read_states.append(ReadState(ctx, self._commit))
         else:
             self._reads.append(_PendingRead(ctx, self._commit, self._round + 1, set()))
@@ -938,8 +943,8 @@ class Raft:
         if self._reads_waiting and self.log.term(self._commit) == self._term:
             waiting = list(self._reads_waiting)
             self._reads_waiting.clear()
-            for ctx in waiting:
-                self._start_read(ctx)
+            for ctx, lease in waiting:
+                self._start_read(ctx, lease)
 
     def _ack_reads(self, node: NodeId, r: int) -> None:
         if not self._reads or node not in self.membership.voters:

@@ -1,0 +1,87 @@
+"""Bad requests and bad handler results never kill a node (found in review)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import zraft
+from zraft.launcher import free_ports
+
+pytestmark = pytest.mark.process
+
+
+class Odd(zraft.StateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    @zraft.command
+    def make_set(self) -> Any:
+        self.n += 1
+        return {1, 2, 3}  # msgpack cannot carry a set
+
+    @zraft.query
+    def count(self) -> int:
+        return self.n
+
+    def snapshot(self) -> bytes:
+        return str(self.n).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.n = int(data)
+
+
+def _solo(tmp_path: Path, sm: zraft.StateMachine) -> tuple[zraft.Node, str]:
+    addr = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    node = zraft.Node(
+        zraft.Config(node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(tmp_path / "d")),
+        sm,
+    )
+    return node, addr
+
+
+def _leader(node: zraft.Node) -> None:
+    deadline = time.monotonic() + 20
+    while node.status()["role"] != "leader":
+        assert time.monotonic() < deadline, "no leader"
+        time.sleep(0.05)
+
+
+def test_unencodable_result_is_an_app_error_and_snapshots_still_work(tmp_path: Path) -> None:
+    node, addr = _solo(tmp_path, Odd())
+    with node, zraft.Client([addr], timeout=10) as client:
+        _leader(node)
+        with pytest.raises(zraft.ApplicationError, match="cannot be encoded"):
+            client.apply("make_set")
+        assert client.query("count") == 1  # applied once, answered with an error
+        assert node.take_snapshot(timeout=10) >= 1  # the session table still packs
+        assert node.status()["role"] == "leader"
+
+
+def test_bad_member_ids_are_refused_not_fatal(tmp_path: Path) -> None:
+    node, addr = _solo(tmp_path, zraft.KV())
+    with node, zraft.Client([addr], timeout=10) as client:
+        _leader(node)
+        for bad_id, bad_addr in (
+            ("", "tcp://127.0.0.1:1"),
+            ("x" * 200, "tcp://127.0.0.1:1"),
+            ("ok", "not-an-address"),
+        ):
+            with pytest.raises(zraft.ZraftError, match="add_member needs"):
+                client.add_member(bad_id, bad_addr)
+        client.apply("put", "alive", True)
+        assert client.query("get", "alive") is True
+
+
+def test_status_after_stop_answers_at_once(tmp_path: Path) -> None:
+    node, _ = _solo(tmp_path, zraft.KV())
+    node.start()
+    _leader(node)
+    node.stop()
+    started = time.monotonic()
+    assert node.status()["role"] == "stopped"
+    assert time.monotonic() - started < 1.0
