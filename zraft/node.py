@@ -186,6 +186,7 @@ class Node:
         self._promote: dict[str, int] = {}
         #: peer addresses learned while joining, before our log holds any membership
         self._join_peers: dict[str, str] = {}
+        self._dropped_non_member = 0
         self._hb_sent: dict[str, float] = {}
         self._last_leader_contact = time.monotonic()
         self._storage_error = ""
@@ -445,7 +446,7 @@ class Node:
             applied=self._applied,
         )
         self.events.emit("node_started", cfg.node_id, None)
-        if cfg.join and not membership.ids():
+        if cfg.join and cfg.node_id not in membership.voters:  # until a voter: ask again
             self._start_join_thread(cfg.join)
         elif membership.voters.keys() == {cfg.node_id} and self.storage.last_index() == 0:
             self.core.campaign()  # a brand-new single-node cluster elects itself at once
@@ -563,7 +564,29 @@ class Node:
                     self.events.emit("heartbeat", msg.frm, (time.monotonic() - sent) * 1000)
             elif isinstance(msg, Heartbeat):
                 self._note_leader_contact()
+            if not self._may_speak(msg.frm):
+                self._dropped_non_member += 1
+                if self._dropped_non_member & (self._dropped_non_member - 1) == 0:  # 1,2,4,8..
+                    self.log.warning(
+                        "bad_message_dropped",
+                        reason="not_a_member",
+                        sender=msg.frm,
+                        count=self._dropped_non_member,
+                    )
+                continue
             self.core.step(msg)
+
+    def _may_speak(self, node_id: str) -> bool:
+        """Raft messages count only from members: the latest membership, the committed one
+        (a leader that removed itself still delivers that commit), or peers we joined via.
+        Without CURVE this is what keeps a stranger's forged term or entries out."""
+        return (
+            node_id in self.core.membership.voters
+            or node_id in self.core.membership.learners
+            or node_id in self._applied_membership.voters
+            or node_id in self._applied_membership.learners
+            or node_id in self._join_peers
+        )
 
     def _note_leader_contact(self) -> None:
         now = time.monotonic()
@@ -1100,6 +1123,9 @@ class Node:
                 )
             )
             return
+        if self.core.role != Role.LEADER:  # a follower's view may be stale: never answer ok
+            deliver(self._not_leader())
+            return
         m = self.core.membership
         if node_id in m.voters or (node_id in m.learners and not voter):
             deliver(Outcome(True, None))  # already there: idempotent for retries and --join
@@ -1113,6 +1139,9 @@ class Node:
         self._propose_membership(Membership(dict(m.voters), learners), deliver)
 
     def _do_remove_member(self, node_id: str, deliver: Deliver) -> None:
+        if self.core.role != Role.LEADER:  # a follower's view may be stale: never answer ok
+            deliver(self._not_leader())
+            return
         m = self.core.membership
         if node_id not in m.ids():
             deliver(Outcome(True, None))
