@@ -35,6 +35,7 @@ from zraft.core.types import (
     EntryType,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     Membership,
     Ready,
     Role,
@@ -187,6 +188,7 @@ class Node:
         #: peer addresses learned while joining, before our log holds any membership
         self._join_peers: dict[str, str] = {}
         self._dropped_non_member = 0
+        self._snap_sending: dict[tuple[str, int], float] = {}  #: (peer, index) -> started
         self._hb_sent: dict[str, float] = {}
         self._last_leader_contact = time.monotonic()
         self._storage_error = ""
@@ -588,6 +590,33 @@ class Node:
             or node_id in self._join_peers
         )
 
+    def _log_snapshot_progress(self, msg: InstallSnapshot) -> None:
+        """Leader side of a snapshot transfer: start, every ~64 MiB, and the last chunk."""
+        key = (msg.to, msg.meta.index)
+        if msg.offset == 0 and key not in self._snap_sending:
+            self._snap_sending[key] = time.monotonic()
+            self.log.info(
+                "snapshot_send_started", to=msg.to, index=msg.meta.index, size=msg.meta.size
+            )
+        sent = msg.offset + len(msg.data)
+        if msg.done:
+            started = self._snap_sending.pop(key, time.monotonic())
+            self.log.info(
+                "snapshot_sent",
+                to=msg.to,
+                index=msg.meta.index,
+                size=msg.meta.size,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+        elif sent // (64 << 20) != msg.offset // (64 << 20):
+            self.log.info(
+                "snapshot_send_progress",
+                to=msg.to,
+                index=msg.meta.index,
+                sent_bytes=sent,
+                size=msg.meta.size,
+            )
+
     def _note_leader_contact(self) -> None:
         now = time.monotonic()
         gap_ms = (now - self._last_leader_contact) * 1000
@@ -751,6 +780,8 @@ class Node:
         for msg in rd.messages:
             if isinstance(msg, Heartbeat):
                 self._hb_sent.setdefault(msg.to, time.monotonic())
+            elif isinstance(msg, InstallSnapshot):
+                self._log_snapshot_progress(msg)
             self.transport.send(msg)
         if rd.committed_entries:
             self._apply_entries(rd.committed_entries)

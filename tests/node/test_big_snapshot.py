@@ -53,3 +53,5 @@ def test_hundred_megabyte_state_installs_in_chunks(tmp_path: Path) -> None:
         assert peak_mb < 1.6 * STATE_MB, f"peak RSS {peak_mb:.0f} MB"
         with cluster.client(timeout=60) as c:
             assert c.query("get", "blob-7", consistency="local") is not None
+        leader_log = cluster.nodes[leader].log_file.read_text()
+        assert '"snapshot_sent"' in leader_log and '"to": "n4"' in leader_log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ class Writer:
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
         self.acked: dict[str, int] = {}
+        self.ack_times: list[float] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -30,6 +32,7 @@ class Writer:
                 try:
                     client.apply("put", f"w{i}", i)
                     self.acked[f"w{i}"] = i
+                    self.ack_times.append(time.monotonic())
                 except ZraftError:
                     pass  # unknown or refused: not acknowledged, not checked
                 i += 1
@@ -41,6 +44,11 @@ class Writer:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
+
+    def longest_gap_s(self) -> float:
+        """The longest time without an acknowledged write: how long clients saw no leader."""
+        t = self.ack_times
+        return max((b - a for a, b in itertools.pairwise(t)), default=0.0)
 
 
 def _voters(cluster: LocalCluster) -> list[str]:
@@ -84,6 +92,8 @@ def test_grow_to_five_then_shrink_by_removing_leader(tmp_path: Path) -> None:
             _wait_voters(cluster, [n for n in remaining if n != other])
             time.sleep(1.0)  # let the writer keep going on the shrunk cluster
         assert len(writer.acked) > 20
+        # default election timeout is at most 1 s: "a few" of them, generous for loaded CI
+        assert writer.longest_gap_s() < 8.0, f"no leader for {writer.longest_gap_s():.1f}s"
         _check_all(cluster, writer.acked)
 
 
