@@ -210,6 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             nemesis.heal_all()
         cluster.close()
         verdict["faults"] = log.counts()
+        verdict["crashes"] = log.crashes()
         verdict["recovery_s"] = distribution(log.recovery_times_s())
         log.close()
         (out / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str) + "\n")
@@ -310,6 +311,11 @@ def summary_lines(v: dict[str, Any]) -> list[str]:
     ]
     lines += [f"  skipped {k}: {why}" for k, why in v.get("skipped", {}).items()]
     lines += [f"  WARNING: {w}" for w in v.get("warnings", [])]
+    lines += [
+        f"  WARNING: {c['node']} exited unasked (status {c.get('exit_code')}) at "
+        f"t={c['t_s']}s and was restarted: {c.get('evidence') or 'no stderr'}"
+        for c in v.get("crashes", [])
+    ]
     if v.get("nemesis_error"):
         lines.append(f"  nemesis error: {v['nemesis_error']}")
     if v.get("error"):

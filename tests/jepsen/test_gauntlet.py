@@ -426,3 +426,37 @@ def test_stale_node_does_not_acknowledge_add_member_it_cannot_make(out_dir: Path
         )
     finally:
         cluster.close()
+
+
+@pytest.mark.process
+def test_supervisor_restarts_a_crashed_node_and_disk_damage_waits_for_it(out_dir: Path) -> None:
+    """The 30-minute run lost a node to a libzmq abort nobody noticed; two disk faults
+    later the cluster had no quorum. Crashes are now logged and restarted, and disk
+    damage only strikes a cluster whose every node runs and votes."""
+    cluster = NemesisCluster(3, base_dir=out_dir / "c")
+    log = FaultLog()
+    nem = Nemesis(cluster, ["kill", "disk"], random.Random(3), log)
+    try:
+        cluster.start()
+        cluster.wait_for_leader(timeout=30)
+        victim = "n2"
+        proc = cluster.nodes[victim].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGABRT)  # what a failed C assertion does
+        assert proc.wait(timeout=15) == -signal.SIGABRT
+        assert nem._fault_disk(random.Random(1)) is None, "no damage while a node is down"
+        assert log.events[-1]["action"] == "skipped" and "n2" in log.events[-1]["reason"]
+        assert nem.check_crashes() == [victim]
+        assert cluster.nodes[victim].alive() and cluster.nodes[victim].pid != proc.pid
+        [crash] = log.crashes()
+        assert crash["node"] == victim and crash["exit_code"] == -signal.SIGABRT
+        killed = "n3"
+        cluster.kill(killed, signal.SIGKILL)
+        nem.down.add(killed)  # the nemesis's own kill: restarted at heal, not as a crash
+        assert nem.check_crashes() == []
+        assert not cluster.nodes[killed].alive()
+        nem.heal_all()
+        assert cluster.nodes[killed].alive()
+        assert log.counts() == {"crash": 1}
+    finally:
+        cluster.close()

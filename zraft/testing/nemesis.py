@@ -453,6 +453,11 @@ class FaultLog:
             )
         return dict(sorted(c.items()))
 
+    def crashes(self) -> list[dict[str, Any]]:
+        """Nodes that exited without being asked to (see :meth:`Nemesis.check_crashes`)."""
+        with self._lock:
+            return [e for e in self.events if e["kind"] == "crash" and e["action"] == "start"]
+
     def recovery_times_s(self) -> list[float]:
         with self._lock:
             return [
@@ -476,6 +481,8 @@ class NemesisConfig:
     probe_key: str = "__nemesis_probe__"
     partition_kinds: tuple[str, ...] = PARTITION_KINDS
     concurrency: int = 1  #: faults that may run at the same time (disk damage runs alone)
+    watch_s: float = 0.5  #: how often the supervisor looks for nodes that died unasked
+    repair_patience_s: float = 60.0  #: how long a disk repair keeps asking for a leader
 
 
 # --------------------------------------------------------------------------- the nemesis
@@ -533,6 +540,7 @@ class Nemesis:
             threading.Thread(target=self._worker, args=(deadline,), name=f"nemesis-{i}")
             for i in range(self.config.concurrency)
         ]
+        workers.append(threading.Thread(target=self._watch, args=(deadline,), name="supervisor"))
         try:
             for w in workers:
                 w.start()
@@ -548,6 +556,43 @@ class Nemesis:
                 quiet_s = self.rng.uniform(*self.config.quiet_s)
             self.cycle(kind, deadline)
             self._wait(quiet_s)
+
+    def _watch(self, deadline: float) -> None:
+        while not self._stop.wait(self.config.watch_s) and time.monotonic() < deadline:
+            self.check_crashes()
+
+    def check_crashes(self) -> list[str]:
+        """Restart nodes that exited unasked, as systemd's ``Restart=on-failure`` would.
+
+        A crash is a finding, not a fault we chose: each one is logged with its
+        exit status and last stderr line, and the verdict lists them. Restarting
+        keeps one crash from silently turning every later fault into a quorum loss.
+        """
+        with self._cond:
+            busy = self._claimed | self.down | self.rejoin
+            crashed = [
+                nid
+                for nid, n in sorted(self.cluster.nodes.items())
+                if nid not in busy and n.proc is not None and n.proc.poll() is not None
+            ]
+            self._claimed |= set(crashed)  # nobody else touches it while it restarts
+        for nid in crashed:
+            node = self.cluster.nodes[nid]
+            assert node.proc is not None
+            self.log.record(
+                "crash",
+                "start",
+                node=nid,
+                pid=node.pid,
+                exit_code=node.proc.returncode,
+                evidence=_last_stderr_line(self.cluster.base_dir / "logs", nid),
+            )
+            try:
+                self.cluster.start(nid)
+                self.log.record("crash", "heal", node=nid, pid=self.cluster.nodes[nid].pid)
+            finally:
+                self._release([nid])
+        return crashed
 
     def stop(self) -> None:
         self._stop.set()
@@ -795,24 +840,40 @@ class Nemesis:
             except ZraftError:
                 return []
 
-    def _remove_and_wipe(self, target: str, kind: str) -> bool:
-        """Remove ``target`` from the membership; wipe it only once that is sure."""
-        with self.cluster.client(timeout=5.0) as client:
-            try:
-                client.remove_member(target, timeout=5.0)
-                members = client.members(timeout=5.0)
-            except ZraftError as exc:
-                self.log.record(kind, "skipped", node=target, reason=f"remove failed: {exc}")
+    def _remove_and_wipe(self, target: str, kind: str, *, patience_s: float = 0.0) -> bool:
+        """Remove ``target`` from the membership; wipe it only once that is sure.
+
+        With ``patience_s`` the removal is retried (an election may be running)
+        until it sticks or the patience runs out, as an operator would.
+        """
+        give_up = time.monotonic() + patience_s
+        while True:
+            reason = self._try_remove(target)
+            if not reason:
+                break
+            if time.monotonic() >= give_up or self._stop.is_set():
+                self.log.record(kind, "skipped", node=target, reason=reason)
                 return False
-        if target in members.get("voters", {}) or target in members.get("learners", {}):
-            self.log.record(kind, "skipped", node=target, reason="still a member after remove")
-            return False
+            self.log.record(kind, "retry", node=target, reason=reason)
+            self._wait(1.0)
         self.cluster.kill(target, signal.SIGKILL)
         self.cluster.wipe(target)
         with self._cond:
             self.rejoin.add(target)
         self.log.record(kind, "start", node=target, detail="removed, killed, wiped")
         return True
+
+    def _try_remove(self, target: str) -> str:
+        """'' once ``target`` is out of the leader's membership, else why not."""
+        with self.cluster.client(timeout=5.0) as client:
+            try:
+                client.remove_member(target, timeout=5.0)
+                members = client.members(timeout=5.0)
+            except ZraftError as exc:
+                return f"remove failed: {exc}"
+        if target in members.get("voters", {}) or target in members.get("learners", {}):
+            return "still a member after remove"
+        return ""
 
     def _rejoin(self, nid: str) -> None:
         with self._cond:
@@ -823,6 +884,9 @@ class Nemesis:
         self.log.record("membership", "heal", node=nid, pid=self.cluster.nodes[nid].pid)
 
     def _fault_disk(self, rng: random.Random) -> Heal | None:
+        if why := self._unhealthy():
+            self.log.record("disk", "skipped", reason=why)
+            return None
         target, _leader = self._pick(rng, prefer_leader=0.0, followers_only=True)
         if target is None:
             self.log.record("disk", "skipped", reason="no follower")
@@ -843,7 +907,8 @@ class Nemesis:
             exit_code=code,
             evidence=_last_error_line(self.cluster.base_dir / "logs", target),
         )
-        if not self._remove_and_wipe(target, "disk_repair"):
+        patience_s = self.config.repair_patience_s
+        if not self._remove_and_wipe(target, "disk_repair", patience_s=patience_s):
             with self._cond:
                 self.down.add(target)  # restarted as is at heal: it may refuse again, visibly
 
@@ -853,6 +918,20 @@ class Nemesis:
             self._release([target])
 
         return heal
+
+    def _unhealthy(self) -> str:
+        """Why the cluster cannot afford to lose one node's acknowledged entries ('' if it can).
+
+        A torn tail takes back an acknowledgement; Raft survives that only when
+        every other node still holds what it acknowledged, so damage waits for
+        a whole cluster: every node running and every node a voter again.
+        """
+        if down := sorted(nid for nid, n in self.cluster.nodes.items() if not n.alive()):
+            return f"nodes down: {down}"
+        voters = self._voters()
+        if set(voters) != set(self.cluster.nodes):
+            return f"not every node is a voter: {voters}"
+        return ""
 
     def _exited(self, nid: str, timeout_s: float) -> int | None:
         """The node's exit code if it exits within ``timeout_s``, else None (still running)."""
@@ -897,6 +976,17 @@ class Nemesis:
             self._restart(nid)
         for nid in rejoin:
             self._rejoin(nid)
+        self.check_crashes()
+
+
+def _last_stderr_line(log_dir: Path, node_id: str, max_bytes: int = 16 << 10) -> str:
+    """What a process said last before it died (an abort's assertion message, say)."""
+    path = log_dir / f"{node_id}.stderr"
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - max_bytes))
+        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+        return next((ln[:500] for ln in reversed(lines) if ln), "")
+    return ""
 
 
 def _last_error_line(log_dir: Path, node_id: str, max_bytes: int = 64 << 10) -> str:
