@@ -54,14 +54,31 @@ STAT_KEYS = (
     "replies_dropped",
 )
 
-HEARTBEAT_IVL_MS = 1000  #: ZMTP ping interval: detects dead TCP connections
-HEARTBEAT_TIMEOUT_MS = 5000  #: no traffic for this long closes the connection
+# Dead connections are found by the kernel, not by ZMTP heartbeats: libzmq 4.3.5 aborts
+# the process (Assertion failed: !_io_error, stream_engine_base.cpp:310) when a heartbeat
+# timer fires on a connection whose input had stopped at the high-water mark and then
+# failed, which a busy node meets whenever a peer dies mid-stream (the gauntlet found
+# it; tests/wire/test_transport_crash.py reproduces it).
+TCP_MAXRT_MS = 5000  #: data unacknowledged this long closes the connection (TCP_USER_TIMEOUT)
+TCP_KEEPALIVE_IDLE_S = 2  #: an idle connection is probed after this long ...
+TCP_KEEPALIVE_INTVL_S = 1  #: ... every this often ...
+TCP_KEEPALIVE_CNT = 3  #: ... and closed after this many unanswered probes
+CONNECT_TIMEOUT_MS = 1000  #: a connect lost in a partition is retried, not left to SYN backoff
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 2000
 WARN_INTERVAL_S = 1.0  #: at most one bad_message_dropped warning per reason per interval
 _ZERO_COPY_MIN_BYTES = 64 << 10  #: below this, copying into zmq is cheaper than tracking
 
 _log = structlog.get_logger("zraft.transport")
+
+
+def set_tcp_liveness(sock: zmq.Socket[Any]) -> None:
+    """Kernel-level dead-peer detection (see TCP_MAXRT_MS); never ZMTP heartbeats."""
+    sock.setsockopt(zmq.TCP_MAXRT, TCP_MAXRT_MS)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT)
 
 
 class Transport:
@@ -116,8 +133,7 @@ class Transport:
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reuses its routing id
             sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # unroutable replies vanish, never raise
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_msg_bytes)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            set_tcp_liveness(sock)
             if self._curve is not None:
                 sock.setsockopt(zmq.CURVE_SERVER, 1)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret_key)
@@ -145,8 +161,8 @@ class Transport:
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_msg_bytes)
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            set_tcp_liveness(sock)
             if self._curve is not None and server_key is not None:
                 sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
                 sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public_key)
