@@ -37,6 +37,7 @@ from zraft.core.types import (
     HeartbeatResponse,
     InstallSnapshot,
     Membership,
+    Message,
     Ready,
     Role,
     SnapshotMeta,
@@ -775,14 +776,17 @@ class Node:
     def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader, rd.soft_state.term)
+        # A leader's messages (appends, heartbeats, snapshots) depend on nothing it has
+        # yet to write unless its term/vote changed: send them first, so followers
+        # write in parallel with its own fsync (dissertation 10.2.1; the core counts
+        # the leader's copy only after advance). Everyone else persists first.
+        early = self._soft[0] is Role.LEADER and rd.hard_state is None and rd.snapshot is None
+        if early:
+            self._send_all(rd.messages)
         if not self._persist(rd):
             return
-        for msg in rd.messages:
-            if isinstance(msg, Heartbeat):
-                self._hb_sent.setdefault(msg.to, time.monotonic())
-            elif isinstance(msg, InstallSnapshot):
-                self._log_snapshot_progress(msg)
-            self.transport.send(msg)
+        if not early:
+            self._send_all(rd.messages)
         if rd.committed_entries:
             self._apply_entries(rd.committed_entries)
         for rs in rd.read_states:
@@ -795,6 +799,14 @@ class Node:
             self.transport.set_peers(self._peer_addrs(self._peers_for))
         while self._reads_waiting and self._reads_waiting[0][0] <= self._applied:
             self._serve_reads(self._reads_waiting.popleft()[1])
+
+    def _send_all(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if isinstance(msg, Heartbeat):
+                self._hb_sent.setdefault(msg.to, time.monotonic())
+            elif isinstance(msg, InstallSnapshot):
+                self._log_snapshot_progress(msg)
+            self.transport.send(msg)
 
     def _persist(self, rd: Ready) -> bool:
         """Make the Ready's state durable. On a disk failure, stop accepting writes (loudly)."""

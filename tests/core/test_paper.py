@@ -311,3 +311,34 @@ def test_snapshot_failed_discards_the_transfer_and_rejects() -> None:
     rd = r.ready()
     assert rd.snapshot is None and r.commit == 0
     assert any(isinstance(m, SnapshotResponse) and m.reject for m in rd.messages)
+
+
+def test_10_2_1_leader_counts_its_own_entries_only_once_persisted() -> None:
+    """Dissertation §10.2.1: the leader may send AppendEntries before its own write lands,
+    because its own copy counts toward the commit only after advance() says it is durable."""
+    r = make()
+    elect(r)
+    msgs(r)
+    r.step(AppendResponse(1, "n2", "n1", 1))
+    msgs(r)
+    assert r.commit == 1
+    r.propose([b"a"])
+    rd = r.ready()
+    assert rd.hard_state is None, "nothing the messages depend on awaits the disk"
+    sent = [m for m in rd.messages if isinstance(m, AppendEntries)]
+    assert sent and all(m.entries[-1].index == 2 for m in sent)
+    r.step(AppendResponse(1, "n2", "n1", 2))
+    assert r.commit == 1, "one follower plus an unpersisted leader copy is no majority"
+    r.step(AppendResponse(1, "n3", "n1", 2))
+    assert r.commit == 2, "two followers are a majority without the leader's copy"
+    r.advance(rd)
+    r2 = make()
+    elect(r2)
+    msgs(r2)
+    r2.propose([b"b"])
+    rd2 = r2.ready()
+    r2.step(AppendResponse(1, "n2", "n1", 2))
+    assert r2.commit == 1, "the no-op (durable here, acked there) commits; index 2 waits"
+    r2.storage.append(rd2.entries)  # type: ignore[attr-defined]
+    r2.advance(rd2)
+    assert r2.commit == 2, "durable at the leader + one follower"
