@@ -15,6 +15,7 @@ with the reason in the verdict and the other faults still run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         extra_args=["--log-level", "info"],
     )
     nemesis: Nemesis | None = None
+    workload: Workload | None = None
     verdict: dict[str, Any] = {
         "seed": args.seed,
         "nodes": args.nodes,
@@ -207,7 +209,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise
     finally:
         if nemesis is not None:
+            if not nemesis.halt():
+                verdict.setdefault("error", "the nemesis did not stop within 120 s")
             nemesis.heal_all()
+        if workload is not None:
+            with contextlib.suppress(AssertionError):  # stuck threads: still end the nodes
+                workload.stop()
         cluster.close()
         verdict["faults"] = log.counts()
         verdict["crashes"] = log.crashes()

@@ -8,6 +8,7 @@ each with a different fault mix and seed and require a valid verdict.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -460,3 +462,45 @@ def test_supervisor_restarts_a_crashed_node_and_disk_damage_waits_for_it(out_dir
         assert log.counts() == {"crash": 1}
     finally:
         cluster.close()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (to assert on, never to kill by)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if text.encode() in cmdline and b"zraft.cli" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.process
+def test_sigterm_stops_the_nemesis_and_ends_every_node(out_dir: Path) -> None:
+    """A stopped gauntlet once kept its nemesis running, restarting nodes after it had
+    ended them; SIGTERM must heal, end every node by PID and exit."""
+    cmd = [sys.executable, str(GAUNTLET), "--time", "120", "--nemesis", "kill,pause"]
+    cmd += ["--seed", "5", "--out", str(out_dir), "--concurrency", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    leaked: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        log = out_dir / "nemesis.jsonl"
+        while time.monotonic() < deadline and not (log.exists() and log.stat().st_size > 0):
+            time.sleep(0.2)  # process-level test: wait (bounded) for the first fault
+        assert log.exists(), "no fault within 60 s"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=150)
+        assert proc.returncode != 0 and b"Traceback" not in err, err.decode()[-2000:]
+        leaked = _processes_mentioning(str(out_dir))
+        assert not leaked, f"node processes outlived the gauntlet: {leaked}"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        for pid in leaked or _processes_mentioning(str(out_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -531,6 +531,8 @@ class Nemesis:
         self._rng_lock = threading.Lock()
         self._probe_n = 0
         self._stop = threading.Event()
+        self._idle = threading.Event()  #: set while no run() is in progress
+        self._idle.set()
 
     # ------------------------------------------------------------------ loop
 
@@ -541,6 +543,7 @@ class Nemesis:
             for i in range(self.config.concurrency)
         ]
         workers.append(threading.Thread(target=self._watch, args=(deadline,), name="supervisor"))
+        self._idle.clear()
         try:
             for w in workers:
                 w.start()
@@ -548,6 +551,16 @@ class Nemesis:
             for w in workers:
                 w.join()
             self.heal_all()
+            self._idle.set()
+
+    def halt(self, timeout_s: float = 120.0) -> bool:
+        """Stop and wait until :meth:`run` has healed and returned (True if it did).
+
+        Call before closing the cluster: a fault still in flight would otherwise
+        restart a node after the cluster has ended its processes.
+        """
+        self.stop()
+        return self._idle.wait(timeout_s)
 
     def _worker(self, deadline: float) -> None:
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -699,7 +712,7 @@ class Nemesis:
             timeout=1.0,
             attempt_timeout=0.5,
         ) as client:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self._stop.is_set():
                 with self._cond:
                     self._probe_n += 1
                     n = self._probe_n
