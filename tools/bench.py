@@ -44,7 +44,9 @@ import bench_pysyncobj
 from zraft.launcher import LocalCluster
 
 TOOLS = Path(__file__).resolve().parent
-SCENARIOS = ("clients", "scale", "embedded", "sequential", "half-load", "overload", "failover")
+SCENARIOS = (
+    "clients", "scale", "embedded", "sequential", "half-load", "overload", "failover", "memory",
+)  # fmt: skip
 START_DELAY_S = 1.5  #: time for worker processes to start and connect before the shared start
 STARTUP_TIMEOUT_S = 60.0
 MAX_PROCS = 64
@@ -118,6 +120,11 @@ class Target:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def pids(self) -> dict[str, int]:
+        """Node id -> PID of each running node process (for RSS sampling)."""
+        nodes = self.cluster.nodes  # type: ignore[attr-defined]
+        return {nid: n.proc.pid for nid, n in nodes.items() if n.proc is not None}
 
     def endpoints_leader_first(self) -> list[str]:
         lead = self.leader()
@@ -308,11 +315,52 @@ class Monitor:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> dict[str, Any]:
         leaders = [lead for lead, _ in self.points if lead]
         changes = sum(1 for a, b in itertools.pairwise(leaders) if a != b)
         terms = [t for _, t in self.points if t]
         return {"leader_changes": changes, "term_delta": (max(terms) - min(terms)) if terms else 0}
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` from /proc (None if it is gone or this is not Linux)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+class RssSampler(Monitor):
+    """Samples every node's resident memory twice a second while a load runs."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.series: dict[str, list[int]] = {nid: [] for nid in pids}
+
+        def sample() -> tuple[str, int]:
+            for nid, pid in pids.items():
+                if (rss := rss_bytes(pid)) is not None:
+                    self.series[nid].append(rss)
+            return "", 0
+
+        super().__init__(sample)
+
+    def summary(self) -> dict[str, Any]:
+        """The biggest node's RSS early (first fifth), late (last fifth) and at its peak."""
+        best: dict[str, Any] = {}
+        for nid, xs in self.series.items():
+            if len(xs) < 3:
+                continue
+            fifth = max(1, len(xs) // 5)
+            row = {
+                "rss_node": nid,
+                "rss_early_mb": round(statistics.median(xs[:fifth]) / 2**20, 1),
+                "rss_late_mb": round(statistics.median(xs[-fifth:]) / 2**20, 1),
+                "rss_max_mb": round(max(xs) / 2**20, 1),
+            }
+            if not best or row["rss_max_mb"] > best["rss_max_mb"]:
+                best = row
+        return best
 
 
 # ---------------------------------------------------------------------------- the runner
@@ -370,18 +418,27 @@ class Runner:
 
     # -- load from separate processes
 
-    def load_args(self, payload: int, window: int, rate: float, start_at: float) -> list[str]:
+    def load_args(
+        self, payload: int, window: int, rate: float, start_at: float, duration_s: float = 0.0
+    ) -> list[str]:
         a = self.args
         return [
-            "--start-at", f"{start_at:.3f}", "--duration", str(a.duration),
+            "--start-at", f"{start_at:.3f}", "--duration", str(duration_s or a.duration),
             "--warmup", str(a.warmup), "--payload", str(payload), "--window", str(window),
             "--rate", f"{rate:.1f}", "--keys", str(a.keys),
         ]  # fmt: skip
 
     def client_load(
-        self, t: Target, payload: int, procs: int, window: int, rate_total: float = 0.0
+        self,
+        t: Target,
+        payload: int,
+        procs: int,
+        window: int,
+        rate_total: float = 0.0,
+        duration_s: float = 0.0,
     ) -> dict[str, Any]:
         """``procs`` worker processes against the leader; merged result plus cluster facts."""
+        duration_s = duration_s or self.args.duration
         endpoints = ",".join(t.endpoints_leader_first())
         start_at = time.time() + START_DELAY_S + 0.2 * procs
         outs, workers = [], []
@@ -389,17 +446,18 @@ class Runner:
         for i in range(procs):
             out = self.out_path()
             cmd = [*t.worker_cmd(), "--endpoints", endpoints, "--out", str(out)]
-            cmd += self.load_args(payload, window, rate_total / procs, start_at)
+            cmd += self.load_args(payload, window, rate_total / procs, start_at, duration_s)
             cmd += ["--worker", str(i), "--seed", str(i + 1)]
             workers.append(self.spawn(cmd))
             outs.append(out)
-        with Monitor(t.sample) as mon:
-            end = start_at + self.args.warmup + self.args.duration + bench_load.DRAIN_S + 30
+        with Monitor(t.sample) as mon, RssSampler(t.pids()) as rss:
+            end = start_at + self.args.warmup + duration_s + bench_load.DRAIN_S + 30
             for w in workers:
                 self.reap(w, end - time.time())
         parts = [json.loads(o.read_text()) for o in outs if o.exists()]
-        res = merge_workers(parts, self.args.duration)
+        res = merge_workers(parts, duration_s)
         res.update(mon.summary())
+        res.update(rss.summary())
         res["role_changes"] = t.role_changes() - role_changes_before
         res["workers_reported"] = f"{len(parts)}/{procs}"
         res["offered_ops_s"] = rate_total or None
@@ -412,6 +470,10 @@ class Runner:
             t.leader()
             if scenario == "sequential":
                 return self.client_load(t, payload, 1, 1)
+            if scenario == "memory":  # a long run: does any node's RSS grow with the log?
+                return self.client_load(
+                    t, payload, a.client_procs, a.window, duration_s=a.memory_duration
+                )
             if scenario in ("half-load", "overload"):
                 peak = self.peak(v, payload)
                 factor = 0.5 if scenario == "half-load" else 3.0
@@ -431,7 +493,7 @@ class Runner:
 
     def run_embedded(self, v: Variant, payload: int) -> dict[str, Any]:
         a = self.args
-        window = a.client_procs * a.window  # the same concurrency as the clients scenario
+        window = a.embedded_window
         load = self.load_args(payload, window, 0.0, 0.0)
         limit_s = 2 * STARTUP_TIMEOUT_S + a.warmup + a.duration + bench_load.DRAIN_S
         if v.kind == "pysyncobj":
@@ -587,6 +649,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s[k] = _median([r.get(k) for r in rs])
         for k in ("leader_changes", "term_delta", "role_changes", "disk_bytes", "disk_alloc_bytes"):
             s[k] = _median([r.get(k) for r in rs])
+        for k in ("rss_early_mb", "rss_late_mb", "rss_max_mb"):
+            s[k] = _median([r.get(k) for r in rs])
         errors: dict[str, int] = {}
         for r in rs:
             for e, n in (r.get("errors") or {}).items():
@@ -631,6 +695,8 @@ def _notes(s: dict[str, Any]) -> str:
         parts.append(f"terms+{s['term_delta']:.0f}")
     if s.get("role_changes"):
         parts.append(f"role_changes {s['role_changes']:.0f}")
+    if s.get("rss_max_mb"):
+        parts.append(f"rss {s['rss_early_mb']:.0f}->{s['rss_late_mb']:.0f}MB")
     if s.get("disk_bytes"):
         parts.append(f"disk {s['disk_bytes'] / 1e6:.1f}MB")
     if s.get("disk_alloc_bytes"):
@@ -733,8 +799,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--client-procs", type=int, default=4)
     p.add_argument("--window", type=int, default=64, help="outstanding ops per client process")
     p.add_argument("--overload-window", type=int, default=8192, help="per process, overload")
+    p.add_argument(
+        "--embedded-window",
+        type=int,
+        default=4096,
+        help="outstanding ops inside the leader (PySyncObj batches per 100 ms: it needs many)",
+    )
     p.add_argument("--keys", type=int, default=1000, help="distinct keys per worker")
     p.add_argument("--trials", type=int, default=5, help="failover trials")
+    p.add_argument(
+        "--memory-duration", type=float, default=60.0, help="measured seconds, memory scenario"
+    )
     p.add_argument("--failover-timeout", type=float, default=30.0)
     p.add_argument("--zraft-config", default=None, help="zraft.toml for every zraft node")
     p.add_argument("--json", default=None, help="write all results here")
