@@ -32,6 +32,11 @@ from zraft.errors import (
 from zraft.protocol import ClientReply, ClientRequest
 
 _RETRY_ON = {"not_leader", "busy", "unknown_outcome", "stopped", "timeout", "storage_failed"}
+#: Commands per apply_many round trip: at most the cluster's session_window (default 256),
+#: so a retried batch is still answered from the session table, never applied twice.
+MAX_APPLY_MANY = 256
+
+Command = tuple[str, Sequence[Any]]  #: (command name, args) for apply_many
 
 
 class Client:
@@ -98,6 +103,34 @@ class Client:
         with self._lock:
             seq = next(self._seq)
             return self._request("apply", name, args, timeout, seq=seq)
+
+    def apply_many(
+        self,
+        commands: Sequence[Command],
+        timeout: float | None = None,
+        *,
+        chunk: int = MAX_APPLY_MANY,
+    ) -> list[Any]:
+        """Replicate many commands, each exactly once; one round trip per ``chunk``.
+
+        Each chunk travels as one frame and the leader appends it, in order, as one
+        batch, so this costs far less per command than :meth:`apply` in a loop. A
+        retry resends only the commands that lack a definite answer, so after a
+        failover a retried command may land after ones that followed it. Returns one
+        result per command; a command whose handler raised gets its
+        :class:`ApplicationError` in its place (the others still apply). Raises like
+        :meth:`apply` when no definite answer comes (``timeout`` is per chunk).
+        ``chunk`` must not exceed the cluster's ``session_window``.
+        """
+        if not 0 < chunk <= codec.MAX_BATCH:
+            raise ValueError(f"chunk must be in 1..{codec.MAX_BATCH}")
+        out: list[Any] = []
+        with self._lock:
+            for lo in range(0, len(commands), chunk):
+                part = commands[lo : lo + chunk]
+                seqs = [next(self._seq) for _ in part]
+                out += self._request_many(part, seqs, timeout)
+        return out
 
     def query(
         self, name: str, *args: Any, consistency: str = "linearizable", timeout: float | None = None
@@ -285,6 +318,102 @@ class Client:
         if isinstance(last_error, NotLeaderError | BusyError):
             raise last_error
         raise ReadTimeout(f"{kind} {name!r}: no answer within {total:.1f}s (last: {last_error})")
+
+    def _request_many(
+        self, commands: Sequence[Command], seqs: list[int], timeout: float | None
+    ) -> list[Any]:
+        """Like :meth:`_request` for a batch: resend only what lacks a definite answer."""
+        total = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        results: dict[int, Any] = {}  # position in ``commands`` -> result
+        maybe_applied = False
+        last_error: ZraftError | None = None
+        backoff = 0.02
+        while len(results) < len(commands):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            endpoint = self.endpoints[self._current % len(self.endpoints)]
+            timeout_ms = int(max(remaining, 0.001) * 1000)
+            batch = {
+                next(self._req_ids): i for i in range(len(commands)) if i not in results
+            }  # req_id -> position
+            reqs = [
+                ClientRequest(rid, "apply", commands[i][0], tuple(commands[i][1]),
+                              self.client_id, seqs[i], "linearizable", timeout_ms)
+                for rid, i in batch.items()
+            ]  # fmt: skip
+            replies = self._exchange_many(endpoint, reqs, min(self.attempt_timeout, remaining))
+            if len(replies) < len(reqs):
+                maybe_applied = True
+                last_error = ReadTimeout(f"no answer from {endpoint} for some commands")
+            retry: ClientReply | None = None
+            for reply in replies:
+                i = batch[reply.req_id]
+                if reply.ok:
+                    results[i] = reply.result
+                elif reply.error == "app_error":
+                    results[i] = ApplicationError(reply.message)
+                elif reply.error not in _RETRY_ON:
+                    raise error_from_code(
+                        reply.error, reply.message, reply.leader, reply.leader_address
+                    )
+                else:
+                    maybe_applied = maybe_applied or reply.error in ("unknown_outcome", "stopped")
+                    last_error = error_from_code(
+                        reply.error, reply.message, reply.leader, reply.leader_address
+                    )
+                    retry = reply
+            if retry is not None:
+                self._follow_hint(retry)
+                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 0.5)
+            elif len(replies) < len(reqs):
+                self._current += 1
+        if len(results) == len(commands):
+            return [results[i] for i in range(len(commands))]
+        what = f"apply_many: {len(commands) - len(results)} of {len(commands)} commands"
+        if maybe_applied:
+            raise UnknownOutcome(
+                f"{what} have no definite answer within {total:.1f}s "
+                f"(last: {last_error}); they may have been applied"
+            )
+        if isinstance(last_error, NotLeaderError | BusyError):
+            raise last_error
+        raise ReadTimeout(f"{what} got no answer within {total:.1f}s (last: {last_error})")
+
+    def _exchange_many(
+        self, endpoint: str, reqs: list[ClientRequest], timeout: float
+    ) -> list[ClientReply]:
+        """Send ``reqs`` as one frame; the replies that come within ``timeout``."""
+        sock = self._socket(endpoint)
+        deadline = time.monotonic() + timeout
+        data = codec.encode_batch(reqs, self.cluster_id)
+        while True:  # IMMEDIATE: a send only succeeds once connected
+            try:
+                sock.send(data, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    self._reset(endpoint)
+                    return []
+                sock.poll(20, zmq.POLLOUT)
+        wanted = {r.req_id for r in reqs}
+        got: list[ClientReply] = []
+        while wanted:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
+                self._reset(endpoint)  # late replies must not meet the next attempt
+                break
+            try:
+                msgs = codec.decode_many(sock.recv(), self.cluster_id, strict_map_key=False)
+            except codec.DecodeError:
+                continue
+            for msg in msgs:
+                if isinstance(msg, ClientReply) and msg.req_id in wanted:
+                    wanted.discard(msg.req_id)
+                    got.append(msg)
+        return got
 
     def _follow_hint(self, reply: ClientReply) -> None:
         if reply.error == "not_leader" and reply.leader_address:

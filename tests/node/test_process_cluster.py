@@ -14,6 +14,7 @@ import zmq
 
 from zraft import codec
 from zraft.client import Client
+from zraft.errors import ApplicationError
 from zraft.launcher import LocalCluster
 from zraft.protocol import ClientReply, ClientRequest
 
@@ -120,3 +121,32 @@ def test_bad_input_is_dropped_and_node_keeps_serving(cluster3: LocalCluster) -> 
             break
         time.sleep(0.1)
     assert "bad_message_dropped" in target.log_file.read_text()
+
+
+def test_apply_many_batches_in_order_with_app_errors_in_place(cluster3: LocalCluster) -> None:
+    cluster3.wait_for_leader(timeout=30)
+    with cluster3.client(timeout=30) as client:
+        client.apply("put", "text", "not a number")
+        commands = [("incr", ("many",)) for _ in range(300)]  # two chunks of <= 256
+        commands.insert(7, ("incr", ("text",)))  # its handler raises
+        results = client.apply_many(commands)
+        assert len(results) == 301
+        assert isinstance(results[7], ApplicationError)
+        assert [r for i, r in enumerate(results) if i != 7] == list(range(1, 301))
+        assert client.query("get", "many") == 300
+        assert client.apply_many([]) == []
+        with pytest.raises(ValueError, match="chunk"):
+            client.apply_many(commands, chunk=0)
+
+
+def test_apply_many_retry_answers_from_the_session_not_a_second_apply(
+    cluster3: LocalCluster,
+) -> None:
+    cluster3.wait_for_leader(timeout=30)
+    with cluster3.client(timeout=30) as client:
+        seqs = [next(client._seq) for _ in range(3)]
+        batch = [("incr", ("twice",)), ("cas", ("flag", None, 1)), ("incr", ("twice",))]
+        first = client._request_many(batch, seqs, 30)
+        again = client._request_many(batch, seqs, 30)  # a retry after a lost reply
+        assert first == again == [1, True, 2]
+        assert client.query("get", "twice") == 2, "a retried batch was applied twice"
