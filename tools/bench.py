@@ -45,7 +45,8 @@ from zraft.launcher import LocalCluster
 
 TOOLS = Path(__file__).resolve().parent
 SCENARIOS = (
-    "clients", "scale", "embedded", "sequential", "half-load", "overload", "failover", "memory",
+    "clients", "batched", "scale", "embedded", "sequential", "half-load", "overload",
+    "failover", "memory",
 )  # fmt: skip
 START_DELAY_S = 1.5  #: time for worker processes to start and connect before the shared start
 STARTUP_TIMEOUT_S = 60.0
@@ -419,10 +420,17 @@ class Runner:
     # -- load from separate processes
 
     def load_args(
-        self, payload: int, window: int, rate: float, start_at: float, duration_s: float = 0.0
+        self,
+        payload: int,
+        window: int,
+        rate: float,
+        start_at: float,
+        duration_s: float = 0.0,
+        batch: int = 1,
     ) -> list[str]:
         a = self.args
         return [
+            "--batch", str(batch),
             "--start-at", f"{start_at:.3f}", "--duration", str(duration_s or a.duration),
             "--warmup", str(a.warmup), "--payload", str(payload), "--window", str(window),
             "--rate", f"{rate:.1f}", "--keys", str(a.keys),
@@ -436,6 +444,7 @@ class Runner:
         window: int,
         rate_total: float = 0.0,
         duration_s: float = 0.0,
+        batch: int = 1,
     ) -> dict[str, Any]:
         """``procs`` worker processes against the leader; merged result plus cluster facts."""
         duration_s = duration_s or self.args.duration
@@ -446,7 +455,7 @@ class Runner:
         for i in range(procs):
             out = self.out_path()
             cmd = [*t.worker_cmd(), "--endpoints", endpoints, "--out", str(out)]
-            cmd += self.load_args(payload, window, rate_total / procs, start_at, duration_s)
+            cmd += self.load_args(payload, window, rate_total / procs, start_at, duration_s, batch)
             cmd += ["--worker", str(i), "--seed", str(i + 1)]
             workers.append(self.spawn(cmd))
             outs.append(out)
@@ -470,6 +479,10 @@ class Runner:
             t.leader()
             if scenario == "sequential":
                 return self.client_load(t, payload, 1, 1)
+            if scenario == "batched":  # Client.apply_many: many puts per frame
+                return self.client_load(
+                    t, payload, a.client_procs, a.batch_window, batch=a.batch_size
+                )
             if scenario == "memory":  # a long run: does any node's RSS grow with the log?
                 return self.client_load(
                     t, payload, a.client_procs, a.window, duration_s=a.memory_duration
@@ -604,6 +617,8 @@ class Runner:
             self.record(scenario, v, payload, 3, self.run_embedded(v, payload))
         elif scenario == "failover":
             self.record(scenario, v, payload, 3, self.run_failover(v))
+        elif scenario == "batched" and v.kind != "zraft":
+            return  # PySyncObj has no client protocol to batch: its rows are "clients"
         else:
             self.record(scenario, v, payload, 3, self.run_clients(v, scenario, payload, 3))
 
@@ -668,11 +683,11 @@ def _ratio(s: dict[str, Any], summary: list[dict[str, Any]]) -> float | None:
     """zraft ÷ best PySyncObj ops/s; for failover, zraft p50 ÷ best PySyncObj p50 (time)."""
     if s["kind"] != "zraft":
         return None
+    against = "clients" if s["scenario"] == "batched" else s["scenario"]
     peers = [
         p
         for p in summary
-        if p["kind"] == "pysyncobj"
-        and (p["scenario"], p["payload"]) == (s["scenario"], s["payload"])
+        if p["kind"] == "pysyncobj" and (p["scenario"], p["payload"]) == (against, s["payload"])
     ]
     if s["scenario"] == "failover":
         best = min((p["p50_ms"] for p in peers if p["p50_ms"]), default=None)
@@ -742,7 +757,8 @@ def machine() -> dict[str, Any]:
 NOTES = [
     "latencies in ms (p50/p90/p99/max of ops completed in the measured window)",
     "ratio = zraft ops/s / best PySyncObj ops/s "
-    "(failover: zraft p50 / PySyncObj p50, lower is better)",
+    "(failover: zraft p50 / PySyncObj p50, lower is better; batched: against PySyncObj's "
+    "clients row, as it has no client protocol to batch)",
     "PySyncObj runs in its default in-memory mode: it never fsyncs; zraft fsyncs per batch "
     "when fsync=always",
     "PySyncObj batch=on is its default appendEntriesUseBatch=True (entries go out with the "
@@ -798,6 +814,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before")
     p.add_argument("--client-procs", type=int, default=4)
     p.add_argument("--window", type=int, default=64, help="outstanding ops per client process")
+    p.add_argument("--batch-size", type=int, default=64, help="puts per frame, batched")
+    p.add_argument("--batch-window", type=int, default=1024, help="per process, batched")
     p.add_argument("--overload-window", type=int, default=8192, help="per process, overload")
     p.add_argument(
         "--embedded-window",

@@ -59,6 +59,10 @@ class LoadProtocol(Protocol):
 
     def encode_put(self, req_id: int, key: str, value: bytes) -> bytes: ...
 
+    def encode_puts(self, items: list[tuple[int, str]], value: bytes) -> bytes:
+        """Many puts in one frame (only systems whose client protocol batches)."""
+        ...
+
     def decode(self, frame: bytes) -> list[Reply]:
         """Every reply in a frame (a node batches the replies it sends to one client)."""
         ...
@@ -76,6 +80,16 @@ class ZraftProtocol:
         self._seq += 1
         req = ClientRequest(req_id, "apply", "put", (key, value), self.client_id, self._seq)
         return codec.encode(req, self.cluster_id)
+
+    def encode_puts(self, items: list[tuple[int, str]], value: bytes) -> bytes:
+        """One batch frame, as ``Client.apply_many`` sends it."""
+        reqs = []
+        for req_id, key in items:
+            self._seq += 1
+            reqs.append(
+                ClientRequest(req_id, "apply", "put", (key, value), self.client_id, self._seq)
+            )
+        return codec.encode_batch(reqs, self.cluster_id)
 
     def decode(self, frame: bytes) -> list[Reply]:
         try:
@@ -99,6 +113,7 @@ class LoadConfig:
     payload_bytes: int = 10
     window: int = 64
     rate_ops: float = 0.0  #: offered puts/s; 0 = closed loop (as fast as the window allows)
+    batch: int = 1  #: puts per frame (> 1 only for protocols with encode_puts)
     op_timeout_s: float = 5.0
     key_space: int = 1000  #: distinct keys per worker: bounds the state machine's size
     worker_id: int = 0
@@ -108,6 +123,7 @@ class LoadConfig:
         assert 0 < self.duration_s <= MAX_DURATION_S, "duration within limits"
         assert 0 <= self.warmup_s <= MAX_DURATION_S, "warmup within limits"
         assert 0 < self.window <= MAX_WINDOW, "window within limits"
+        assert 0 < self.batch <= codec.MAX_BATCH, "batch within limits"
         assert 0 <= self.payload_bytes <= 1 << 20, "payload at most 1 MiB"
         assert self.rate_ops >= 0 and self.op_timeout_s > 0 and self.key_space > 0
 
@@ -264,20 +280,27 @@ class _Pipeline:
     def _issue(self, now: float) -> None:
         cfg = self.cfg
         while len(self.inflight) < cfg.window:
+            n = min(cfg.window - len(self.inflight), cfg.batch)
             if self.interval_s:
                 if self.next_send > now:
                     return
-                self.next_send += self.interval_s
-            key = f"w{cfg.worker_id}:{self.next_id % cfg.key_space}"
-            frame = self.proto.encode_put(self.next_id, key, self.value)
+                n = min(n, int((now - self.next_send) / self.interval_s) + 1)  # the ops due
+                self.next_send += n * self.interval_s
+            ids = range(self.next_id, self.next_id + n)
+            keys = [f"w{cfg.worker_id}:{i % cfg.key_space}" for i in ids]
+            if n == 1:
+                frame = self.proto.encode_put(ids[0], keys[0], self.value)
+            else:
+                frame = self.proto.encode_puts(list(zip(ids, keys, strict=True)), self.value)
             try:
                 self.conn.sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:  # not connected yet, or the pipe is full
-                self.stats.unsent += 1 if self.interval_s else 0
+                self.stats.unsent += n if self.interval_s else 0
                 return
-            self.inflight[self.next_id] = now
-            self.next_id += 1
-            self.stats.sent += 1
+            for i in ids:
+                self.inflight[i] = now
+            self.next_id += n
+            self.stats.sent += n
         if self.interval_s and self.next_send <= now:  # window full: the offered op is skipped
             skipped = int((now - self.next_send) / self.interval_s) + 1
             self.stats.unsent += skipped
@@ -493,6 +516,7 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--payload", type=int, default=10, help="value bytes")
     p.add_argument("--window", type=int, default=64, help="outstanding ops")
     p.add_argument("--rate", type=float, default=0.0, help="offered ops/s (0 = closed loop)")
+    p.add_argument("--batch", type=int, default=1, help="puts per frame (zraft: apply_many)")
     p.add_argument("--op-timeout", type=float, default=5.0)
     p.add_argument("--keys", type=int, default=1000, help="distinct keys")
     p.add_argument("--worker", type=int, default=0)
@@ -507,6 +531,7 @@ def load_config(args: argparse.Namespace) -> LoadConfig:
         payload_bytes=args.payload,
         window=args.window,
         rate_ops=args.rate,
+        batch=args.batch,
         op_timeout_s=args.op_timeout,
         key_space=args.keys,
         worker_id=args.worker,

@@ -59,6 +59,9 @@ class PsoProtocol:
         packed: bytes = msgpack.packb([req_id, "put", key, value], use_bin_type=True)
         return packed
 
+    def encode_puts(self, items: list[tuple[int, str]], value: bytes) -> bytes:
+        raise NotImplementedError("PySyncObj has no client protocol of its own to batch")
+
     def decode(self, frame: bytes) -> list[Reply]:
         try:
             msg = msgpack.unpackb(frame, raw=False)
