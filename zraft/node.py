@@ -118,12 +118,17 @@ class _Read:
     lease: bool = False  #: the caller accepts a lease read (consistency="lease")
 
 
+_SCALARS = (bool, float, bytes)  # not str: a lone surrogate cannot be encoded
+
+
 def _wire_safe(out: Outcome) -> Outcome:
     """Deterministically turn a result msgpack cannot carry into an app_error.
 
     Every node applies the same handler to the same entry, so every node makes the
     same choice, and the session table (which snapshots pack) only holds packable data.
     """
+    if out.result is None or type(out.result) in _SCALARS:
+        return out  # common and always packable (an int may overflow: it is checked below)
     try:
         msgpack.packb(out.result, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
