@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import zmq
 
@@ -233,20 +233,25 @@ class Client:
             raise error_from_code(reply.error, reply.message, reply.leader, reply.leader_address)
         return reply.result
 
-    def _exchange(self, endpoint: str, req: ClientRequest, timeout: float) -> ClientReply | None:
-        """Send one request and wait for its reply; None on no answer (socket is then reset)."""
+    def _send(self, endpoint: str, data: bytes, deadline: float) -> zmq.Socket[bytes] | None:
+        """Send one frame; the socket, or None if it could not go by ``deadline`` (reset)."""
         sock = self._socket(endpoint)
-        deadline = time.monotonic() + timeout
-        data = codec.encode(req, self.cluster_id)
         while True:  # IMMEDIATE: a send only succeeds once connected
             try:
                 sock.send(data, zmq.NOBLOCK)
-                break
+                return sock
             except zmq.Again:
                 if time.monotonic() >= deadline:
                     self._reset(endpoint)
                     return None
                 sock.poll(20, zmq.POLLOUT)
+
+    def _exchange(self, endpoint: str, req: ClientRequest, timeout: float) -> ClientReply | None:
+        """Send one request and wait for its reply; None on no answer (socket is then reset)."""
+        deadline = time.monotonic() + timeout
+        sock = self._send(endpoint, codec.encode(req, self.cluster_id), deadline)
+        if sock is None:
+            return None
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
@@ -310,14 +315,7 @@ class Client:
             self._follow_hint(reply)
             time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, 0.5)
-        if maybe_applied:
-            raise UnknownOutcome(
-                f"{kind} {name!r}: no definite answer within {total:.1f}s "
-                f"(last: {last_error}); it may have been applied"
-            )
-        if isinstance(last_error, NotLeaderError | BusyError):
-            raise last_error
-        raise ReadTimeout(f"{kind} {name!r}: no answer within {total:.1f}s (last: {last_error})")
+        _give_up(f"{kind} {name!r}", total, maybe_applied, last_error)
 
     def _request_many(
         self, commands: Sequence[Command], seqs: list[int], timeout: float | None
@@ -373,31 +371,16 @@ class Client:
         if len(results) == len(commands):
             return [results[i] for i in range(len(commands))]
         what = f"apply_many: {len(commands) - len(results)} of {len(commands)} commands"
-        if maybe_applied:
-            raise UnknownOutcome(
-                f"{what} have no definite answer within {total:.1f}s "
-                f"(last: {last_error}); they may have been applied"
-            )
-        if isinstance(last_error, NotLeaderError | BusyError):
-            raise last_error
-        raise ReadTimeout(f"{what} got no answer within {total:.1f}s (last: {last_error})")
+        _give_up(what, total, maybe_applied, last_error)
 
     def _exchange_many(
         self, endpoint: str, reqs: list[ClientRequest], timeout: float
     ) -> list[ClientReply]:
         """Send ``reqs`` as one frame; the replies that come within ``timeout``."""
-        sock = self._socket(endpoint)
         deadline = time.monotonic() + timeout
-        data = codec.encode_batch(reqs, self.cluster_id)
-        while True:  # IMMEDIATE: a send only succeeds once connected
-            try:
-                sock.send(data, zmq.NOBLOCK)
-                break
-            except zmq.Again:
-                if time.monotonic() >= deadline:
-                    self._reset(endpoint)
-                    return []
-                sock.poll(20, zmq.POLLOUT)
+        sock = self._send(endpoint, codec.encode_batch(reqs, self.cluster_id), deadline)
+        if sock is None:
+            return []
         wanted = {r.req_id for r in reqs}
         got: list[ClientReply] = []
         while wanted:
@@ -424,3 +407,15 @@ class Client:
             self._current = self.endpoints.index(reply.leader_address)
         else:
             self._current += 1
+
+
+def _give_up(what: str, total: float, maybe_applied: bool, last: ZraftError | None) -> NoReturn:
+    """The error for a request that ran out of time: never a false failure."""
+    if maybe_applied:
+        raise UnknownOutcome(
+            f"{what}: no definite answer within {total:.1f}s (last: {last}); "
+            "it may have been applied"
+        )
+    if isinstance(last, NotLeaderError | BusyError):
+        raise last
+    raise ReadTimeout(f"{what}: no answer within {total:.1f}s (last: {last})")
