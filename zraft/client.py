@@ -156,9 +156,12 @@ class Client:
 
     def add_member(
         self, node_id: str, address: str, voter: bool = True, timeout: float | None = None
-    ) -> None:
+    ) -> int | None:
+        """Add a learner (promoted once caught up if ``voter``); the log index of a
+        membership that includes it."""
         with self._lock:
-            self._request("add_member", "", (node_id, address, voter), timeout)
+            out = self._request("add_member", "", (node_id, address, voter), timeout)
+        return out if isinstance(out, int) else None
 
     def remove_member(self, node_id: str, timeout: float | None = None) -> None:
         with self._lock:

@@ -193,6 +193,7 @@ class Node:
         self._promote: dict[str, int] = {}
         #: peer addresses learned while joining, before our log holds any membership
         self._join_peers: dict[str, str] = {}
+        self._join_marker = False  #: the storage's "joining" file exists (see _open)
         self._dropped_non_member = 0
         self._snap_sending: dict[tuple[str, int], float] = {}  #: (peer, index) -> started
         self._hb_sent: dict[str, float] = {}
@@ -288,9 +289,14 @@ class Node:
 
     def add_member(
         self, node_id: str, address: str, voter: bool = True, timeout: float | None = None
-    ) -> None:
-        """Add a node as a learner; if ``voter``, promote it once it has caught up."""
-        self._call_outcome(lambda d: self._do_add_member(node_id, address, voter, d), timeout)
+    ) -> int | None:
+        """Add a node as a learner; if ``voter``, promote it once it has caught up.
+
+        Returns the log index of a membership that includes it."""
+        out: int | None = self._call_outcome(
+            lambda d: self._do_add_member(node_id, address, voter, d), timeout
+        )
+        return out
 
     def remove_member(self, node_id: str, timeout: float | None = None) -> None:
         """Remove a node (voter or learner). Removing the leader steps it down after commit."""
@@ -401,6 +407,8 @@ class Node:
             keep_snapshots=cfg.keep_snapshots,
         )
         if self.storage.is_empty():
+            if cfg.join:  # before anything lands in the log: see Raft.await_join
+                self.storage.set_joining(None)
             if cfg.peers:
                 self.storage.bootstrap(Membership(voters=dict(cfg.peers)))
                 self.log.info("cluster_bootstrapped", voters=sorted(cfg.peers))
@@ -423,6 +431,10 @@ class Node:
             seed=seed & 0xFFFFFFFF,
         )
         self.core = core_raft.Raft(core_cfg, self.storage, applied=self._applied)
+        waiting, join_index = self.storage.joining()
+        self._join_marker = waiting
+        if waiting:
+            self.core.await_join(join_index)
         membership = self.core.membership
         self._soft = (self.core.role, self.core.leader, self.core.term)
         self._peers_for = self.core.membership
@@ -454,7 +466,7 @@ class Node:
             applied=self._applied,
         )
         self.events.emit("node_started", cfg.node_id, None)
-        if cfg.join and cfg.node_id not in membership.voters:  # until a voter: ask again
+        if cfg.join and (cfg.node_id not in membership.voters or waiting):  # ask until a voter
             self._start_join_thread(cfg.join)
         elif membership.voters.keys() == {cfg.node_id} and self.storage.last_index() == 0:
             self.core.campaign()  # a brand-new single-node cluster elects itself at once
@@ -799,6 +811,8 @@ class Node:
             if reads:
                 self._reads_waiting.append((rs.index, reads))
         self.core.advance(rd)
+        if self._join_marker:
+            self._end_join_if_caught_up()
         if self.core.membership is not self._peers_for:
             self._peers_for = self.core.membership  # appended, truncated or from a snapshot
             self.transport.set_peers(self._peer_addrs(self._peers_for))
@@ -907,8 +921,9 @@ class Node:
                     )
                 elif isinstance(outcome, Outcome):
                     pending.deliver(outcome)
-                else:
-                    pending.deliver(Outcome(True, None))
+                else:  # a membership change answers with its index (see _do_add_member)
+                    index = e.index if e.type == EntryType.CONFIG else None
+                    pending.deliver(Outcome(True, index))
         if entries:
             self.events.emit("commit", self._applied, None)
             self._maybe_snapshot()
@@ -1176,12 +1191,14 @@ class Node:
             return
         m = self.core.membership
         if node_id in m.voters or (node_id in m.learners and not voter):
-            deliver(Outcome(True, None))  # already there: idempotent for retries and --join
+            # already there: idempotent for retries and --join; the answer is an index at
+            # or after the entry that added it (what a joining node waits to apply)
+            deliver(Outcome(True, self.core.config_index))
             return
         if voter:  # it must hold everything we have now before it may vote
             self._promote[node_id] = self.core.last_index + 1
         if node_id in m.learners:
-            deliver(Outcome(True, None))  # promotion follows once it has caught up
+            deliver(Outcome(True, self.core.config_index))  # promotion follows when caught up
             return
         learners = {**m.learners, node_id: address}
         self._propose_membership(Membership(dict(m.voters), learners), deliver)
@@ -1263,15 +1280,20 @@ class Node:
             deadline = time.monotonic() + 600
             asked_at = 0.0
             while time.monotonic() < deadline and not self._stopped.wait(0.5):
-                if self.config.node_id in self._last_status.get("voters", ()):
+                st = self._last_status
+                if self.config.node_id in st.get("voters", ()) and not st.get("joining"):
                     self.log.info("join_complete")
                     return
                 if time.monotonic() - asked_at < 15:
                     continue
                 try:
                     with Client(endpoint, cluster_id=self.config.cluster_id, timeout=5.0) as client:
-                        client.add_member(self.config.node_id, self.config.address, voter=True)
+                        index = client.add_member(
+                            self.config.node_id, self.config.address, voter=True
+                        )
                         members = client.members()
+                    if isinstance(index, int):
+                        self._post(lambda i=index: self._joined_at(i))  # type: ignore[misc]
                     peers = {**members["learners"], **members["voters"]}
                     self._post(lambda p=peers: self._learn_join_peers(p))  # type: ignore[misc]
                     asked_at = time.monotonic()
@@ -1280,6 +1302,24 @@ class Node:
                     self.log.warning("join_retry", endpoint=endpoint, error=str(exc))
 
         threading.Thread(target=join, name="zraft-join", daemon=True).start()
+
+    def _joined_at(self, index: int) -> None:
+        """The cluster added us at ``index``: vote again once we have applied it."""
+        if not self.core.joining:
+            return
+        try:
+            self.storage.set_joining(index)
+        except (StorageFailed, OSError) as exc:  # keep waiting; the join thread asks again
+            self.log.error("join_marker_failed", error=str(exc))
+            return
+        self.core.await_join(index)
+        self._end_join_if_caught_up()
+
+    def _end_join_if_caught_up(self) -> None:
+        if self._join_marker and not self.core.joining:
+            self._join_marker = False
+            self.storage.clear_joining()
+            self.log.info("join_caught_up", applied=self._applied)
 
     def _learn_join_peers(self, peers: dict[str, str]) -> None:
         """Let a joining node answer the leader before its log names any member."""
@@ -1324,6 +1364,7 @@ class Node:
             "snapshot_index": snap.index if snap else 0,
             "voters": sorted(m.voters),
             "learners": sorted(m.learners),
+            "joining": s.joining,  # re-provisioned: no votes until it has applied its add
             "address": self.config.address,
             "storage_error": self._storage_error,
             "pending": len(self._pending),

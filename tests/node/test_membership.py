@@ -77,6 +77,13 @@ def test_grow_to_five_then_shrink_by_removing_leader(tmp_path: Path) -> None:
         with Writer(cluster) as writer:
             cluster.add_node("n4")
             _wait_voters(cluster, ["n1", "n2", "n3", "n4"])
+            # a --join node votes only once it has applied the entry that added it
+            marker = cluster.nodes["n4"].data_dir / "joining"
+            deadline = time.monotonic() + 30
+            while marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)  # process-level test: bounded wait for the reactor
+            assert not marker.exists(), "n4 still waits to vote after it was promoted"
+            assert cluster.statuses()["n4"]["joining"] is False
             cluster.add_node("n5")
             _wait_voters(cluster, ["n1", "n2", "n3", "n4", "n5"])
             leader = cluster.wait_for_leader(timeout=30)

@@ -375,3 +375,72 @@ def test_message_filter_sees_install_snapshot_type() -> None:
     c.msg_filter = lambda m: seen.append(type(m)) or True
     c.wait_leader()
     assert InstallSnapshot not in seen
+
+
+def _change(c: Cluster, voters: list[str], learners: tuple[str, ...] | list[str] = ()) -> int:
+    """Propose a membership from the leader, let it commit everywhere reachable; its index."""
+    lead = c.wait_leader()
+    _term, index = c.core(lead).propose_membership(
+        Membership(
+            voters={v: f"addr-{v}" for v in voters}, learners={x: f"addr-{x}" for x in learners}
+        )
+    )
+    assert c.run_until(lambda: c.core(lead).commit >= index, 200), "the change did not commit"
+    c.tick(3)
+    return index
+
+
+def test_wiped_rejoiners_replaying_an_old_config_elect_no_leader() -> None:
+    """Found by the 30-minute gauntlet: two nodes, each removed, wiped and re-added, were
+    catching up from index 1 and stood at an old configuration in which they were two of
+    three voters. They elected a leader between them and overwrote what the real cluster
+    had committed. A re-provisioned node now neither campaigns nor votes until it has
+    applied the entry that added it (``Raft.await_join``)."""
+    c = Cluster(3, seed=31, max_msg_entries=1)
+    z = c.wait_leader()  # the survivor
+    x, y = others(c, z)
+    c.propose(b"before")
+    _change(c, [z, x])  # remove y, add it back, promote it: a logged 3-voter config
+    _change(c, [z, x], [y])
+    old = _change(c, [z, x, y])
+    stale: set[str] = set()
+    # the wiped nodes get entries up to the old config only (one entry per message; an
+    # append they would reject still arrives, so the leader finds where they stand)
+    c.msg_filter = lambda m: (
+        not (
+            isinstance(m, AppendEntries)
+            and m.to in stale
+            and m.entries
+            and m.entries[-1].index > old
+            and m.prev_index <= c.core(m.to).last_index
+        )
+    )
+    _change(c, [z, y])  # remove x, wipe it, add it back as a learner
+    c.wipe(x)
+    stale.add(x)
+    join_x = _change(c, [z, y], [x])
+    c.core(x).await_join(join_x)  # what the add_member answer tells a joining node
+    assert c.run_until(lambda: c.core(x).last_index >= old, 500)
+    _change(c, [z], [x])  # now y: remove (z alone is a quorum), wipe, re-add
+    c.wipe(y)
+    stale.add(y)
+    join_y = _change(c, [z], [x, y])
+    c.core(y).await_join(join_y)
+    assert c.run_until(lambda: c.core(y).last_index >= old, 500)
+    for n in stale:
+        assert c.core(n).last_index == old and y in c.core(n).membership.voters
+    for i in range(5):
+        c.propose(f"committed by z alone {i}".encode(), z)
+    c.tick(5)
+    committed = c.core(z).commit
+    c.isolate(z)  # x and y now see only each other and a config that says they are 2 of 3
+    c.tick(400)
+    assert c.leader() in (None, z), "two half-replayed rejoiners elected a leader"
+    assert all(c.core(n).role is not Role.LEADER for n in stale)
+    c.msg_filter = None
+    c.heal()
+    assert c.run_until(lambda: all(c.core(n).applied >= max(join_x, join_y) for n in stale), 2000)
+    assert c.run_until(lambda: all(c.nodes[n].applied >= committed for n in c.nodes), 2000)
+    _change(c, [z, x], [y])
+    _change(c, [z, x, y])
+    c.check_final()

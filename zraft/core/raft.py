@@ -108,6 +108,8 @@ class CoreStatus:
     first_index: int
     membership: Membership
     progress: dict[NodeId, PeerProgress] = field(default_factory=dict)
+    #: a re-provisioned node waiting to apply the entry that added it (see await_join)
+    joining: bool = False
 
 
 @dataclass(slots=True)
@@ -172,6 +174,9 @@ class Raft:
         self._read_round_needed = False
         self._snap_recv: tuple[SnapshotMeta, int, NodeId] | None = None
         self._snap_verifying: SnapshotMeta | None = None
+        #: see await_join: (waiting, index of the entry that added us, if known)
+        self._joining = False
+        self._join_index: int | None = None
 
     def _load_configs(
         self, latest: Membership, snap: SnapshotMeta | None
@@ -240,6 +245,8 @@ class Raft:
         nodes that no longer count themselves, and only they have the newest log.
         Once the removal is committed the node never campaigns again.
         """
+        if self._joining:
+            return False
         if self._is_voter():
             return True
         c = self._configs
@@ -261,7 +268,36 @@ class Raft:
             first_index=self.log.first_index(),
             membership=self.membership,
             progress={k: p.snapshot() for k, p in self._prs.items()},
+            joining=self._joining,
         )
+
+    # ------------------------------------------------------------------ re-provisioned nodes
+    def await_join(self, index: int | None) -> None:
+        """Neither campaign nor vote until ``index`` (the entry that added us) is applied.
+
+        For a node that starts empty and joins a running cluster under an id it may
+        have had before. Catching up from the leader's log, it replays configurations
+        from before it was wiped, some listing it as a voter; two such nodes once made
+        a quorum of a stale configuration and elected a leader that overwrote committed
+        entries. ``None`` means the index is not known yet: wait until it is.
+        """
+        self._joining = True
+        if index is not None:
+            self._join_index = max(index, self._join_index or 0)
+        self._maybe_end_join()
+
+    @property
+    def joining(self) -> bool:
+        return self._joining
+
+    @property
+    def config_index(self) -> int:
+        """Index of the newest membership entry in the log (0: the bootstrap one)."""
+        return self._configs[-1][0]
+
+    def _maybe_end_join(self) -> None:
+        if self._joining and self._join_index is not None and self._applied >= self._join_index:
+            self._joining = False
 
     # ------------------------------------------------------------------ role changes
     def _reset_timeout(self) -> None:
@@ -467,7 +503,7 @@ class Raft:
 
     # ------------------------------------------------------------------ votes
     def _on_request_vote(self, m: RequestVote) -> None:
-        can_vote = (
+        can_vote = not self._joining and (
             self._vote == m.frm
             or (self._vote == NONE and self._leader == NONE)
             or (m.pre_vote and m.term > self._term)
@@ -1114,6 +1150,7 @@ class Raft:
             self.log.stable_to(last.index, last.term)
         if ready.committed_entries:
             self._applied = max(self._applied, ready.committed_entries[-1].index)
+        self._maybe_end_join()
         if any(c.done for c in ready.snapshot_chunks):
             v = self._snap_verifying
             self._snap_verifying = None

@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from zraft.core.types import Entry, HardState, Membership, SnapshotMeta
-from zraft.storage import hardstate
+from zraft.storage import fileutil, hardstate
 from zraft.storage import records as rec
 from zraft.storage.errors import (
     AlreadyBootstrapped,
@@ -49,6 +49,9 @@ MAX_SEGMENT_BYTES = 1 << 32
 MAX_RECORD_LIMIT = 1 << 30
 LOG_DIR = "log"
 SNAP_DIR = "snapshots"
+#: present while a re-provisioned node waits to apply the entry that added it (holds
+#: that index, or nothing while it is unknown); see zraft.core.raft.Raft.await_join
+JOIN_FILE = "joining"
 
 
 class Storage:
@@ -236,6 +239,29 @@ class Storage:
         if self._hard and self._hard.bootstrap is not None:
             return self._hard.bootstrap
         return Membership()
+
+    def joining(self) -> tuple[bool, int | None]:
+        """(waiting to be added?, the index of the entry that added us, if known)."""
+        try:
+            text = (self.dir / JOIN_FILE).read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return False, None
+        except (OSError, UnicodeDecodeError):
+            return True, None  # unreadable: keep waiting, the join answer says it again
+        return True, (int(text) if text.isdigit() else None)
+
+    def set_joining(self, index: int | None) -> None:
+        """Record (durably) that this node waits to be added, and at which index if known."""
+        data = b"" if index is None else str(index).encode()
+        with self._writing("set_joining"):
+            fileutil.atomic_write(self.dir / JOIN_FILE, data, durable=self._durable)
+
+    def clear_joining(self) -> None:
+        with self._writing("clear_joining"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dir / JOIN_FILE)
+            if self._durable:
+                fileutil.fsync_dir(self.dir)
 
     def is_empty(self) -> bool:
         return (

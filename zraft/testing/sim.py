@@ -184,6 +184,18 @@ class Cluster:
         n.last_commit = n.applied
         n.raft = Raft(n.config, n.storage, applied=n.applied)
 
+    def wipe(self, node: NodeId) -> Raft:
+        """Crash and lose the disk: the node comes back empty, as a re-provisioned machine
+        does, and (like ``zraft run --join``) waits to be added before it may vote."""
+        self.crash(node)
+        n = self.nodes[node]
+        n.storage = MemoryStorage(Membership())
+        n.payloads, n.applied, n.last_commit = [], 0, 0
+        n.read_results.clear()
+        n.raft = Raft(n.config, n.storage)
+        n.raft.await_join(None)
+        return n.raft
+
     # ------------------------------------------------------------------ queries
     def leader(self) -> NodeId | None:
         best: tuple[int, NodeId] | None = None
