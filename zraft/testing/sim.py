@@ -86,6 +86,9 @@ class SimNode:
     last_commit: int = 0
     down_until: int = 0
     read_results: dict[bytes, int] = field(default_factory=dict)
+    #: wiped and re-added: the durable "joining" marker a real node keeps (Raft.await_join)
+    joining: bool = False
+    join_index: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -183,6 +186,8 @@ class Cluster:
         n.applied = snap.index if snap else 0
         n.last_commit = n.applied
         n.raft = Raft(n.config, n.storage, applied=n.applied)
+        if n.joining:
+            n.raft.await_join(n.join_index)
 
     def wipe(self, node: NodeId) -> Raft:
         """Crash and lose the disk: the node comes back empty, as a re-provisioned machine
@@ -192,9 +197,18 @@ class Cluster:
         n.storage = MemoryStorage(Membership())
         n.payloads, n.applied, n.last_commit = [], 0, 0
         n.read_results.clear()
+        n.joining, n.join_index = True, None
         n.raft = Raft(n.config, n.storage)
         n.raft.await_join(None)
         return n.raft
+
+    def joined(self, node: NodeId, index: int) -> None:
+        """Tell a wiped node the index of the entry that added it back (add_member's answer)."""
+        n = self.nodes[node]
+        if n.joining:
+            n.join_index = index
+            if n.raft is not None:
+                n.raft.await_join(index)
 
     # ------------------------------------------------------------------ queries
     def leader(self) -> NodeId | None:
@@ -320,6 +334,8 @@ class Cluster:
             self._send(m)
         self._apply(node, rd)
         core.advance(rd)
+        if node.joining and not core.joining:
+            node.joining = False  # the real node removes its marker here
         self._maybe_compact(node)
 
     def _persist(self, node: SimNode, rd: Ready) -> None:
@@ -523,7 +539,9 @@ def random_run(
         elif r < 0.65 and membership_changes:
             _random_membership(c, rng)
     c.calm()
-    if not c.run_until(lambda: c.leader() is not None, 150):
+    # ~20 election timeouts: without pre-vote a candidate whose log is too short to win
+    # keeps resetting the others' timers, and only the randomized timeouts break the tie
+    if not c.run_until(lambda: c.leader() is not None, 300):
         raise c.fail("liveness: no leader after faults stopped")
     for i in range(3):
         c.propose(b"final-%d" % i)
@@ -563,12 +581,15 @@ def _random_membership(c: Cluster, rng: random.Random) -> None:
     voters, learners = dict(m.voters), dict(m.learners)
     outside = sorted(set(c.nodes) - m.ids())
     choice = rng.random()
-    if learners and choice < 0.4:
-        nid = rng.choice(sorted(learners))
+    ready = sorted(n for n in learners if not c.nodes[n].joining)  # the node promotes
+    if ready and choice < 0.4:  # a re-provisioned learner only once it has caught up
+        nid = rng.choice(ready)
         voters[nid] = learners.pop(nid)
     elif outside and choice < 0.7:
         nid = rng.choice(outside)
         learners[nid] = f"addr-{nid}"
+        if rng.random() < 0.5 and core.commit >= core.config_index:
+            c.wipe(nid)  # its removal is committed: re-provision it under the same id
     elif len(voters) > 1:
         nid = rng.choice(sorted(voters))
         del voters[nid]
@@ -577,7 +598,9 @@ def _random_membership(c: Cluster, rng: random.Random) -> None:
     else:
         return
     try:
-        core.propose_membership(Membership(voters=voters, learners=learners))
+        _term, index = core.propose_membership(Membership(voters=voters, learners=learners))
     except (ChangeInProgress, ProposalDropped):
         return
+    for nid in learners:
+        c.joined(nid, index)  # no-op unless it was wiped and waits to be added
     c.settle()
