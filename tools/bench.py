@@ -293,6 +293,16 @@ def merge_workers(parts: list[dict[str, Any]], duration_s: float) -> dict[str, A
     }
 
 
+def _embedded_result(parts: list[dict[str, Any]], duration_s: float) -> dict[str, Any]:
+    """The leader's own report: start-up elections and hand-overs are not the load's."""
+    res = merge_workers(parts, duration_s)
+    if parts:
+        res["term_delta"] = parts[0].get("terms_during_load")
+        if not parts[0].get("leader_at_end", True):
+            res["errors"]["lost_leadership"] = 1
+    return res
+
+
 class Monitor:
     """Samples (leader, term) every half second while a load runs: leader changes."""
 
@@ -512,12 +522,11 @@ class Runner:
         if v.kind == "pysyncobj":
             prefix = self.work_dir / f"embedded-{self._seq}"
             self._seq += 1
-            t: Target = PsoTarget(self, 3, v.batch_on("embedded"), ["--embedded-out", str(prefix)])
+            extra = ["--embedded-out", str(prefix), *load]
+            t: Target = PsoTarget(self, 3, v.batch_on("embedded"), extra)
             try:
                 parts = self._await_files(prefix, limit_s)
-                res = merge_workers(parts, a.duration)
-                res["role_changes"] = t.role_changes()
-                return res
+                return _embedded_result(parts, a.duration)
             finally:
                 t.close()
         z = ZraftTarget(self, 3, v.fsync, start=False)
@@ -532,8 +541,8 @@ class Runner:
             cmd += ["--fsync", v.fsync, "--log-file", str(n1.log_file), "--out", str(out)]
             cmd += ["--config", a.zraft_config] if a.zraft_config else []
             self.reap(self.spawn(cmd + load), limit_s)
-            res = merge_workers([json.loads(out.read_text())] if out.exists() else [], a.duration)
-            res["role_changes"] = z.role_changes()
+            parts = [json.loads(out.read_text())] if out.exists() else []
+            res = _embedded_result(parts, a.duration)
             res["disk_bytes"], res["disk_alloc_bytes"] = z.disk_usage()
             return res
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -428,16 +429,14 @@ async def _embedded_load(node: Any, cfg: LoadConfig, stats: Stats) -> None:
     from zraft.errors import ZraftError
 
     value = random.Random(cfg.seed).randbytes(cfg.payload_bytes)
+    seq = itertools.count()  # keys as PySyncObj's embedded load: key_space keys in all
 
-    async def one(worker: int) -> None:
-        i = 0
+    async def one() -> None:
         while time.time() < cfg.measure_to:
-            i += 1
+            key = f"e:{next(seq) % cfg.key_space}"
             t0 = time.perf_counter()
             try:
-                await node.apply_async(
-                    "put", f"e{worker}:{i % cfg.key_space}", value, timeout=cfg.op_timeout_s
-                )
+                await node.apply_async("put", key, value, timeout=cfg.op_timeout_s)
             except ZraftError as exc:
                 stats.record_error(exc.code)
                 if exc.code in ("not_leader", "busy"):
@@ -446,7 +445,7 @@ async def _embedded_load(node: Any, cfg: LoadConfig, stats: Stats) -> None:
             stats.sent += 1
             stats.record_ok(time.time(), time.perf_counter() - t0)
 
-    await asyncio.gather(*(one(w) for w in range(cfg.window)))
+    await asyncio.gather(*(one() for _ in range(cfg.window)))
 
 
 def _take_leadership(node: Any, node_id: str, timeout_s: float) -> None:
@@ -494,8 +493,16 @@ def run_embedded(args: argparse.Namespace, cfg: LoadConfig) -> dict[str, Any]:
         cfg = LoadConfig(**{**_cfg_dict(cfg), "start_at": start})
         stats = Stats(cfg.measure_from, cfg.measure_to, seed=cfg.seed)
         _wait_until(cfg.start_at)
+        term_before = int(node.status().get("term", 0))
         asyncio.run(_embedded_load(node, cfg, stats))
-        return {**stats.to_json(), "role": "leader"}
+        st = node.status()
+        # a new term during the load means an election (or a lost leadership)
+        return {
+            **stats.to_json(),
+            "role": "leader",
+            "terms_during_load": int(st.get("term", 0)) - term_before,
+            "leader_at_end": st.get("role") == "leader",
+        }
     finally:
         node.stop()
 

@@ -218,6 +218,7 @@ def embedded_load(obj: Any, cfg: LoadConfig, out: str) -> None:
         slots.release()
 
     bench_load._wait_until(cfg.start_at)
+    term_before = int(obj.raftCurrentTerm)
     i = 0
     while time.time() < cfg.measure_to:
         if not slots.acquire(timeout=0.2):
@@ -232,7 +233,13 @@ def embedded_load(obj: Any, cfg: LoadConfig, out: str) -> None:
             outstanding -= 1
     if outstanding:
         stats.record_error("unanswered", outstanding)
-    bench_load.write_result(out, {**stats.to_json(), "role": "leader"})
+    result = {
+        **stats.to_json(),
+        "role": "leader",
+        "terms_during_load": int(obj.raftCurrentTerm) - term_before,
+        "leader_at_end": bool(obj._isLeader()),
+    }
+    bench_load.write_result(out, result)
 
 
 def run_node(args: argparse.Namespace) -> int:
@@ -243,7 +250,7 @@ def run_node(args: argparse.Namespace) -> int:
     def on_state(_old: int, _new: int) -> None:
         counters["state_changes"] += 1
 
-    conf = SyncObjConf(appendEntriesUseBatch=args.batch == "on", onStateChanged=on_state)
+    conf = SyncObjConf(appendEntriesUseBatch=args.append_batch == "on", onStateChanged=on_state)
     partners = [p for p in args.partners.split(",") if p]
     fronts = dict(kv.split("=", 1) for kv in args.fronts.split(",") if kv)
     obj = make_obj(args.self_addr, partners, conf)
@@ -298,7 +305,7 @@ class PsoCluster:
         return [
             sys.executable, str(Path(__file__).resolve()), "node",
             "--self-addr", node.raft_addr, "--partners", partners, "--front", node.front,
-            "--fronts", self.fronts, "--batch", "on" if self.batch else "off",
+            "--fronts", self.fronts, "--append-batch", "on" if self.batch else "off",
             *self.extra_args,
         ]  # fmt: skip
 
@@ -364,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--partners", required=True, help="comma-separated host:port")
     node.add_argument("--front", required=True, help="tcp://127.0.0.1:port for clients")
     node.add_argument("--fronts", required=True, help="raft_addr=front,... (leader hints)")
-    node.add_argument("--batch", choices=["on", "off"], default="on", help="appendEntriesUseBatch")
+    node.add_argument(
+        "--append-batch", choices=["on", "off"], default="on", help="appendEntriesUseBatch"
+    )
     node.add_argument(
         "--embedded-out",
         default=None,
@@ -378,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--op-timeout", type=float, default=5.0)
     node.add_argument("--start-at", type=float, default=0.0)
     node.add_argument("--rate", type=float, default=0.0)
+    node.add_argument("--batch", type=int, default=1, help="ignored: PySyncObj has no batch API")
     node.add_argument("--worker", type=int, default=0)
     node.add_argument("--seed", type=int, default=0)
     load = sub.add_parser("load", help="pipelined DEALER load against the front-ends")

@@ -149,6 +149,41 @@ class _Session:
         self.results: OrderedDict[int, tuple[bool, Any, str, str]] = OrderedDict()
 
 
+class _LoopInbox:
+    """Outcomes bound for one asyncio loop's futures: one thread-safe wake-up per batch.
+
+    A ``call_soon_threadsafe`` per outcome writes to the loop's self-pipe once per
+    command; under load that cost more than the command itself. Only the reactor
+    thread calls :meth:`put`, only the loop thread runs :meth:`_drain`.
+    """
+
+    __slots__ = ("items", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[tuple[asyncio.Future[Outcome], Outcome]] = deque()
+        self.scheduled = False
+
+    def deliverer(self, fut: asyncio.Future[Outcome]) -> Deliver:
+        return lambda outcome: self.put(fut, outcome)
+
+    def put(self, fut: asyncio.Future[Outcome], outcome: Outcome) -> None:
+        self.items.append((fut, outcome))
+        if not self.scheduled:
+            self.scheduled = True
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody awaits any more
+                self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # clear the flag before taking items: a put racing with us schedules another drain
+        self.scheduled = False
+        items = self.items
+        while items:
+            fut, outcome = items.popleft()
+            if not fut.done():  # the awaiting task may have been cancelled
+                fut.set_result(outcome)
+
+
 class Node:
     """A Raft node embedded in this process. See the README's embedding guide.
 
@@ -167,6 +202,9 @@ class Node:
             zmq.Context() if config.curve_keys else zmq.Context.instance()
         )
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        #: embedded apply() calls, taken in batches (no closure, no queue lock per command)
+        self._submitted: deque[tuple[bytes, Deliver, float]] = deque()
+        self._wake_armed = False  #: a wake-up is in flight: the reactor will drain both queues
         self._wake_addr = f"inproc://zraft-wake-{id(self)}"
         self._tls = threading.local()
         self._thread: threading.Thread | None = None
@@ -258,8 +296,17 @@ class Node:
         return self._wait(fut, timeout, unknown=False)
 
     async def apply_async(self, name: str, *args: Any, timeout: float | None = None) -> Any:
-        fut = self._submit_apply(name, args, timeout)
-        outcome: Outcome = await asyncio.wrap_future(fut)
+        if not isinstance(name, str):
+            raise TypeError("command name must be a str")
+        self._check_running()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        inbox = getattr(self._tls, "inbox", None)
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._tls.inbox = _LoopInbox(loop)
+        data = codec.encode_command(b"", 0, name, tuple(args))
+        self._submit(data, inbox.deliverer(fut), self._deadline(timeout))
+        outcome = await fut
         return outcome.unwrap()
 
     async def query_async(
@@ -316,6 +363,24 @@ class Node:
 
     def _post(self, fn: Callable[[], None]) -> None:
         self._calls.put(fn)
+        self._wake_reactor()
+
+    def _submit(self, data: bytes, deliver: Deliver, deadline: float) -> None:
+        self._submitted.append((data, deliver, deadline))
+        self._wake_reactor()
+
+    def _wake_reactor(self) -> None:
+        """Wake the reactor unless a wake-up is already on its way.
+
+        The reactor clears ``_wake_armed`` before it drains the queues, so an item
+        queued after the drain began either is seen by it or arms a fresh wake-up.
+        """
+        if self._stopped.is_set():
+            self._fail_late_calls()
+            return
+        if self._wake_armed:
+            return
+        self._wake_armed = True
         sock = getattr(self._tls, "wake", None)
         if sock is None:
             sock = self._ctx.socket(zmq.PUSH)
@@ -338,8 +403,7 @@ class Node:
         self._check_running()
         fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
         data = codec.encode_command(b"", 0, name, tuple(args))
-        deadline = self._deadline(timeout)
-        self._post(lambda: self._enqueue_proposal(data, fut.set_result, deadline))
+        self._submit(data, fut.set_result, self._deadline(timeout))
         return fut
 
     def _submit_query(
@@ -386,6 +450,7 @@ class Node:
             self._start_error = exc
             self.log.error("node_start_failed", error=str(exc))
             self._release_resources()
+            self._closing = True
             self._running.set()
             self._stopped.set()
             return
@@ -487,12 +552,14 @@ class Node:
         next_tick = time.monotonic() + tick_s
         self._stop_requested = False
         while not self._stop_requested:
-            busy = self._proposals or self._reads_new or self.core.has_ready()
+            busy = (
+                self._proposals or self._reads_new or self.core.has_ready() or self._calls_waiting()
+            )
             wait_ms = 0 if busy else max(0, int((next_tick - time.monotonic()) * 1000) + 1)
             ready_socks = dict(poller.poll(wait_ms))
             if router in ready_socks:
                 self._on_inbound()
-            if self._wake in ready_socks:
+            if self._wake in ready_socks or self._calls_waiting():
                 self._drain_calls()
             now = time.monotonic()
             if now >= next_tick:
@@ -509,19 +576,45 @@ class Node:
                 self._handle_ready(self.core.ready())
             self.transport.flush_replies()
 
+    def _calls_waiting(self) -> bool:
+        return bool(self._submitted) or not self._calls.empty()
+
     def _drain_calls(self) -> None:
         with contextlib.suppress(zmq.Again):
             for _ in range(10_000):
                 self._wake.recv(zmq.NOBLOCK)
+        self._wake_armed = False  # before draining: see _wake_reactor
         self._run_queued_calls()
 
     def _run_queued_calls(self) -> None:
+        """Run posted calls and take submitted commands, a bounded number per turn."""
+        submitted = self._submitted
+        for _ in range(min(len(submitted), 4 * self.config.max_batch)):
+            self._enqueue_proposal(*submitted.popleft())
         for _ in range(100_000):
             try:
                 fn = self._calls.get_nowait()
             except queue.Empty:
                 return
             fn()
+
+    def _fail_late_calls(self) -> None:
+        """A call queued after the reactor's last drain: answer it here, or it would hang.
+
+        The reactor is gone, so its state is quiescent; ``_closing`` makes every
+        request handler answer "stopped" without touching storage."""
+        assert self._closing, "only after shutdown"
+        with contextlib.suppress(IndexError):
+            while True:
+                data, deliver, deadline = self._submitted.popleft()
+                self._enqueue_proposal(data, deliver, deadline)
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(Exception):
+                fn()
 
     def _release_resources(self) -> None:
         """Close whatever _open managed to open (after a failed start, too)."""
@@ -570,6 +663,7 @@ class Node:
         self.events.emit("node_stopped", self.config.node_id, None)
         self._running.clear()
         self._stopped.set()
+        self._fail_late_calls()
 
     # ------------------------------------------------------------------ inbound messages
 
