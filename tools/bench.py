@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -195,6 +196,11 @@ class ZraftTarget(Target):
         return all(int(s.get("applied", -1)) >= commit for s in sts.values())
 
     def close(self) -> None:
+        keep = self.runner.args.keep_logs
+        if keep:  # the node logs (slow_turn warnings, elections) outlive the cluster
+            self.runner.kept += 1
+            dest = Path(keep) / f"zraft-{self.runner.kept:03d}"
+            shutil.copytree(self.cluster.base_dir / "logs", dest, dirs_exist_ok=True)
         self.cluster.close()
 
 
@@ -386,6 +392,7 @@ class Runner:
         self.peaks: dict[tuple[str, int], float] = {}  # (system label, payload) -> ops/s
         self._procs: list[subprocess.Popen[bytes]] = []
         self._seq = 0
+        self.kept = 0  #: zraft clusters whose logs --keep-logs copied
 
     # -- processes
 
@@ -839,6 +846,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--failover-timeout", type=float, default=30.0)
     p.add_argument("--zraft-config", default=None, help="zraft.toml for every zraft node")
+    p.add_argument("--keep-logs", default=None, help="copy each zraft cluster's node logs here")
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--plot", default=None, help="PNG of throughput/latency over time")
     args = p.parse_args(argv)
@@ -880,8 +888,6 @@ def main(argv: list[str] | None = None) -> int:
         runner.run(variants(args))
     finally:
         runner.end_all()
-        import shutil
-
         shutil.rmtree(work_dir, ignore_errors=True)
     summary = summarize(runner.rows)
     print(f"zraft vs PySyncObj  {header['date']}  {m['cpu_model']} x{m['nproc']}  "

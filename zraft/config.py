@@ -45,7 +45,9 @@ class Config:
     #: acknowledged writes on power loss or a crash of several nodes; tests/benchmarks only.
     fsync: str = "always"
     segment_bytes: int = 64 << 20
-    snapshot_entries: int = 16384  #: take a snapshot every N applied entries (0 = only manual)
+    #: snapshot after N applied entries plus a random 0-25% (so nodes do not all snapshot
+    #: at once); 0 = only manual
+    snapshot_entries: int = 16384
     snapshot_trailing: int = 2048  #: entries kept below a snapshot for slow followers
     keep_snapshots: int = 2
     snapshot_chunk_bytes: int = 1 << 20
@@ -55,6 +57,8 @@ class Config:
     max_inflight_msgs: int = 64  #: pipelined AppendEntries per follower
     max_frame_bytes: int = 64 << 20  #: largest inbound ZeroMQ frame
     request_timeout_ms: int = 10_000
+    #: a reactor turn longer than this is logged ("slow_turn", with where the time went)
+    slow_turn_ms: int = 200
     session_window: int = 256  #: remembered results per client session (exactly-once)
     max_sessions: int = 10_000
     curve_keys: str | None = None  #: directory of CURVE keys; None = no security
@@ -94,6 +98,7 @@ class Config:
             "max_msg_bytes",
             "max_inflight_msgs",
             "request_timeout_ms",
+            "slow_turn_ms",
             "session_window",
             "max_sessions",
             "snapshot_chunk_bytes",

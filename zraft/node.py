@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import queue
+import random
 import struct
 import threading
 import time
@@ -226,6 +227,10 @@ class Node:
         self._applied_term = 0
         self._applied_membership = Membership()
         self._last_snapshot_index = 0
+        seed = config.seed if config.seed is not None else time.time_ns()
+        self._rng = random.Random(hash((config.node_id, seed)))
+        #: extra entries this node waits before its next automatic snapshot
+        self._snapshot_jitter = self._rng.randrange(config.snapshot_entries // 4 + 1)
         self._snapshot_thread: threading.Thread | None = None
         #: learners to promote once caught up -> log index they must hold first
         self._promote: dict[str, int] = {}
@@ -238,6 +243,8 @@ class Node:
         self._last_leader_contact = time.monotonic()
         self._storage_error = ""
         self._soft: tuple[Role, str, int] = (Role.FOLLOWER, NONE, 0)
+        self._turn_persist_s = 0.0  #: this reactor turn's time in _persist (see slow_turn)
+        self._turn_apply_s = 0.0  #: ... and in sending + applying
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -551,17 +558,21 @@ class Node:
         tick_s = self.config.tick_ms / 1000
         next_tick = time.monotonic() + tick_s
         self._stop_requested = False
+        slow_s = self.config.slow_turn_ms / 1000
         while not self._stop_requested:
             busy = (
                 self._proposals or self._reads_new or self.core.has_ready() or self._calls_waiting()
             )
             wait_ms = 0 if busy else max(0, int((next_tick - time.monotonic()) * 1000) + 1)
             ready_socks = dict(poller.poll(wait_ms))
+            t_start = time.monotonic()
             if router in ready_socks:
                 self._on_inbound()
+            t_inbound = time.monotonic()
             if self._wake in ready_socks or self._calls_waiting():
                 self._drain_calls()
             now = time.monotonic()
+            t_calls = now
             if now >= next_tick:
                 # a stalled reactor (GC, slow disk, SIGSTOP) owes the core the time that
                 # passed, or a leader's lease would outlive the stall; bounded catch-up
@@ -572,9 +583,33 @@ class Node:
                 self._housekeeping(now)
             self._flush_proposals()
             self._flush_reads()
+            t_ready = time.monotonic()
+            self._turn_persist_s = self._turn_apply_s = 0.0
             while self.core.has_ready():
                 self._handle_ready(self.core.ready())
             self.transport.flush_replies()
+            t_end = time.monotonic()
+            if t_end - t_start > slow_s:
+                self._log_slow_turn(t_start, t_inbound, t_calls, t_ready, t_end)
+
+    def _log_slow_turn(
+        self, t_start: float, t_inbound: float, t_calls: float, t_ready: float, t_end: float
+    ) -> None:
+        """Say where a long turn went: heartbeats and replies all wait for the turn to end."""
+
+        def ms(seconds: float) -> float:
+            return round(seconds * 1000, 1)
+
+        self.log.warning(
+            "slow_turn",
+            total_ms=ms(t_end - t_start),
+            inbound_ms=ms(t_inbound - t_start),
+            calls_ms=ms(t_calls - t_inbound),
+            tick_and_propose_ms=ms(t_ready - t_calls),
+            ready_ms=ms(t_end - t_ready),
+            persist_ms=ms(self._turn_persist_s),
+            apply_ms=ms(self._turn_apply_s),
+        )
 
     def _calls_waiting(self) -> bool:
         return bool(self._submitted) or not self._calls.empty()
@@ -894,12 +929,16 @@ class Node:
         early = self._soft[0] is Role.LEADER and rd.hard_state is None and rd.snapshot is None
         if early:
             self._send_all(rd.messages)
+        t0 = time.monotonic()
         if not self._persist(rd):
             return
+        t1 = time.monotonic()
         if not early:
             self._send_all(rd.messages)
         if rd.committed_entries:
             self._apply_entries(rd.committed_entries)
+        self._turn_persist_s += t1 - t0
+        self._turn_apply_s += time.monotonic() - t1
         for rs in rd.read_states:
             reads = self._reads_by_ctx.pop(rs.ctx, None)
             if reads:
@@ -1161,8 +1200,12 @@ class Node:
 
     def _maybe_snapshot(self) -> None:
         every = self.config.snapshot_entries
-        if every and self._applied - self._last_snapshot_index >= every:
+        if every and self._applied - self._last_snapshot_index >= every + self._snapshot_jitter:
             self._start_snapshot(None)
+            # Nodes apply the same entries at about the same time: with one fixed
+            # interval they would all snapshot (and compete for CPU and disk) at once,
+            # stalling every request in flight. Each node waits a random extra share.
+            self._snapshot_jitter = self._rng.randrange(every // 4 + 1)
 
     def _do_manual_snapshot(self, deliver: Deliver) -> None:
         if self._applied == 0:

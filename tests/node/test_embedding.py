@@ -255,3 +255,62 @@ def test_calls_racing_with_stop_are_all_answered(tmp_path: Path) -> None:
     assert late.result(timeout=5).error == "stopped"
     with pytest.raises(zraft.NodeStopped):
         asyncio.run(node.apply_async("add", 1))
+
+
+class Slow(Counter):
+    @zraft.command
+    def crawl(self, seconds: float) -> float:
+        """A handler that holds the reactor (what a slow user handler does to a node)."""
+        import time
+
+        time.sleep(seconds)
+        return seconds
+
+
+def test_a_slow_turn_is_logged_with_where_the_time_went(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    port = free_ports(1)[0]
+    addr = f"tcp://127.0.0.1:{port}"
+    cfg = zraft.Config(
+        node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(tmp_path), slow_turn_ms=100
+    )
+    with capture_logs() as logs, zraft.Node(cfg, Slow()) as node:
+        _wait_leader([node])
+        node.apply("add", 1, timeout=10)
+        assert not [e for e in logs if e["event"] == "slow_turn"], "a quick command is quiet"
+        node.apply("crawl", 0.3, timeout=10)
+    slow = [e for e in logs if e["event"] == "slow_turn"]
+    assert slow, "the 300 ms handler made a turn longer than slow_turn_ms"
+    assert slow[0]["total_ms"] >= 300 and slow[0]["apply_ms"] >= 290, slow[0]
+
+
+def test_automatic_snapshots_are_jittered_per_node(tmp_path: Path) -> None:
+    """Nodes applying the same log must not all snapshot at the same index (a stall)."""
+    every = 200
+    gaps: dict[int, list[int]] = {}
+    for seed in (1, 2):
+        port = free_ports(1)[0]
+        addr = f"tcp://127.0.0.1:{port}"
+        cfg = zraft.Config(
+            node_id="solo",
+            bind=addr,
+            peers={"solo": addr},
+            data_dir=str(tmp_path / str(seed)),
+            snapshot_entries=every,
+            seed=seed,
+        )
+        taken: list[int] = []
+        with zraft.Node(cfg, Counter()) as node:
+            node.on("snapshot_taken", lambda ev, into=taken: into.append(int(ev.value)))
+            _wait_leader([node])
+            for _ in range(1200):  # one at a time: each apply is its own batch
+                node.apply("add", 1, timeout=10)
+            node.take_snapshot(timeout=10)  # waits out any automatic one in progress
+        auto = taken[:-1]
+        assert len(auto) >= 3, taken
+        gaps[seed] = [b - a for a, b in zip([0, *auto], auto, strict=False)]
+        # "snapshot_entries" plus at most a quarter, give or take the one entry that the
+        # bootstrap membership adds and the commands applied while one is being written
+        assert all(every <= g <= every + every // 4 + 20 for g in gaps[seed]), gaps[seed]
+    assert gaps[1] != gaps[2], "two nodes with different seeds snapshot at different points"

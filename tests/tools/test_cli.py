@@ -164,3 +164,16 @@ def test_damaged_log_refused_then_repaired(tmp_path: Path) -> None:
         with cluster.client(timeout=30) as c:
             assert [c.query("get", f"k{i}") for i in range(200)] == list(range(200))
         assert node.alive()
+
+
+def test_run_freezes_start_up_objects_out_of_the_collectors_sight() -> None:
+    """`zraft run` owns its process: full GC passes must not walk the interpreter's objects."""
+    code = (
+        "import gc; from zraft.cli import _tune_gc; before = gc.get_freeze_count(); "
+        "_tune_gc(); print(before, gc.get_freeze_count(), gc.get_threshold()[0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    before, frozen, gen0 = (int(x) for x in out.stdout.split())
+    assert before == 0 and frozen > 1000 and gen0 > 700, out.stdout
