@@ -350,6 +350,25 @@ def encode(msg: Decoded, cluster_id: str) -> bytes:
     return out
 
 
+def pack_entries(entries: tuple[Entry, ...]) -> bytes:
+    """The entries array of an AppendEntries, packed once for every follower it goes to."""
+    out: bytes = msgpack.packb(entries, use_bin_type=True)
+    return out
+
+
+def encode_append(msg: AppendEntries, cluster_id: str, packed_entries: bytes) -> bytes:
+    """Exactly ``encode(msg)``, with ``msg.entries`` already packed by :func:`pack_entries`.
+
+    A leader sends the same entries to each follower; packing them once saves a copy
+    of every payload per extra follower.
+    """
+    fields = (VERSION, cluster_id, _TAGS[AppendEntries], msg.term, msg.frm, msg.to)
+    head: bytes = msgpack.packb([*fields, msg.prev_index, msg.prev_term], use_bin_type=True)
+    assert head[0] == 0x98, "a fixarray of the 8 fields before entries"
+    tail: bytes = msgpack.packb(msg.commit)
+    return b"\x9a" + head[1:] + packed_entries + tail  # fixarray of all 10 fields
+
+
 def encode_batch(msgs: list[ClientRequest] | list[ClientReply], cluster_id: str) -> bytes:
     """Many client requests (or replies) in one frame: per-message costs paid once.
 

@@ -31,6 +31,7 @@ from zraft.config import ADDR_RE, ID_RE, Config
 from zraft.core import raft as core_raft
 from zraft.core.types import (
     NONE,
+    AppendEntries,
     Compacted,
     Entry,
     EntryType,
@@ -953,7 +954,17 @@ class Node:
             self._serve_reads(self._reads_waiting.popleft()[1])
 
     def _send_all(self, messages: list[Message]) -> None:
+        # followers in step get the same entries: pack them once (the same index range
+        # holds the same entries within one Ready)
+        packed: dict[tuple[int, int, int], bytes] = {}
         for msg in messages:
+            if isinstance(msg, AppendEntries) and msg.entries and len(messages) > 1:
+                span = (msg.entries[0].index, msg.entries[-1].index, msg.entries[-1].term)
+                blob = packed.get(span)
+                if blob is None:
+                    blob = packed[span] = codec.pack_entries(msg.entries)
+                self.transport.send(msg, blob)
+                continue
             if isinstance(msg, Heartbeat):
                 self._hb_sent.setdefault(msg.to, time.monotonic())
             elif isinstance(msg, InstallSnapshot):

@@ -35,9 +35,10 @@ from zraft.codec import (
     decode,
     decode_many,
     encode,
+    encode_append,
     encode_batch,
 )
-from zraft.core.types import Message
+from zraft.core.types import AppendEntries, Message
 from zraft.protocol import ClientReply, ClientRequest
 from zraft.security import ZAP_DOMAIN, CurveAuthenticator, CurveSetup, start_authenticator
 
@@ -210,14 +211,22 @@ class Transport:
 
     # ------------------------------------------------------------------ outbound
 
-    def send(self, msg: Message) -> bool:
-        """Queue ``msg`` for ``msg.to`` without blocking. False (counted) if it was dropped."""
+    def send(self, msg: Message, packed_entries: bytes | None = None) -> bool:
+        """Queue ``msg`` for ``msg.to`` without blocking. False (counted) if it was dropped.
+
+        ``packed_entries``: an AppendEntries' entries already packed (see
+        :func:`zraft.codec.pack_entries`), shared by the messages to several followers.
+        """
         assert msg.frm == self._node_id, "a node sends only its own messages"
         entry = self._dealers.get(msg.to)
         if entry is None:
             self._stats["send_dropped"] += 1
             return False
-        data = encode(msg, self._cluster_id)
+        if packed_entries is not None:
+            assert isinstance(msg, AppendEntries)
+            data = encode_append(msg, self._cluster_id, packed_entries)
+        else:
+            data = encode(msg, self._cluster_id)
         if (
             len(data) > self._max_msg_bytes
         ):  # the peer would cut the connection; the core must split

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wire_strategies import messages, values
+from wire_strategies import append_entries, messages, values
 
 from zraft.codec import (
     MAX_ENTRIES,
@@ -18,7 +18,9 @@ from zraft.codec import (
     decode,
     decode_command,
     encode,
+    encode_append,
     encode_command,
+    pack_entries,
 )
 from zraft.core.types import (
     AppendEntries,
@@ -234,6 +236,14 @@ def test_decode_accepts_memoryview() -> None:
 @given(messages)
 def test_random_messages_round_trip(msg: Any) -> None:
     assert decode(encode(msg, CID), CID) == msg
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(append_entries(), st.text(min_size=1, max_size=40))
+def test_entries_packed_once_give_the_same_bytes(msg: AppendEntries, cluster_id: str) -> None:
+    """The leader packs entries once for all followers; the frame must not change."""
+    shared = pack_entries(msg.entries)
+    assert encode_append(msg, cluster_id, shared) == encode(msg, cluster_id)
 
 
 @settings(max_examples=500)
