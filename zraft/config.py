@@ -47,7 +47,7 @@ class Config:
     segment_bytes: int = 64 << 20
     #: snapshot after N applied entries plus a random 0-25% (so nodes do not all snapshot
     #: at once); 0 = only manual
-    snapshot_entries: int = 16384
+    snapshot_entries: int = 65536
     snapshot_trailing: int = 2048  #: entries kept below a snapshot for slow followers
     keep_snapshots: int = 2
     snapshot_chunk_bytes: int = 1 << 20

@@ -269,3 +269,36 @@ def test_checkpoint_chunks_accumulate_and_seal_into_the_index(
     assert not [e for e in logs if e["event"] == "storage_index_rebuilt"]
     assert all_entries(st) == ents(1, 1, 101)
     st.close()
+
+
+def test_compaction_unlinks_on_a_helper_thread_oldest_first(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlinking a full segment takes milliseconds: never on the caller's (reactor's) thread."""
+    import threading
+
+    st = Storage.open(data_dir, **SMALL)
+    st.append(ents(1, 1, 100))
+    st.sync()
+    segs_before = sorted(p.name for p in data_dir.rglob("*.seg"))
+    unlinked: list[tuple[str, str]] = []
+    real_unlink = os.unlink
+
+    def spy(path: str | os.PathLike[str], *a: object, **kw: object) -> None:
+        unlinked.append((threading.current_thread().name, Path(path).name))
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", spy)
+    st.compact(50)
+    first = st.first_index()
+    st._log.wait_deletions()
+    segs_after = sorted(p.name for p in data_dir.rglob("*.seg"))
+    gone = [name for _, name in unlinked if name.endswith(".seg")]
+    assert gone and gone == sorted(gone), "oldest first"
+    assert set(gone) == set(segs_before) - set(segs_after)
+    assert all(t.startswith("zraft-unlink") for t, _ in unlinked), unlinked
+    assert all(int(n.split(".")[0]) < first for n in gone)
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    st = reopen(st)  # what is left opens as the same log
+    assert st.first_index() == first and all_entries(st) == ents(1, first, 100)
+    st.close()

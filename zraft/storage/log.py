@@ -18,6 +18,7 @@ import zlib
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,51 @@ class Segment:
         return self.offsets[k + 1] if k + 1 < len(self.offsets) else self.end
 
 
+class _Deleter:
+    """Unlinks compacted segment files on a helper thread, oldest first, one at a time.
+
+    Unlinking a full 64 MiB segment took 14 ms on an idle disk and up to 50 ms under
+    load on our bench machine: on the reactor thread that stalls every request in
+    flight. In order on one thread, so a crash part way still leaves a contiguous
+    suffix; destructive operations (truncate, reset, close) wait for it first.
+    """
+
+    def __init__(self, directory: Path, durable: bool) -> None:
+        self._dir, self._durable = directory, durable
+        self._pool: ThreadPoolExecutor | None = None
+        self._last: Future[None] | None = None
+
+    def submit(self, paths: list[Path]) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="zraft-unlink")
+        self._last = self._pool.submit(self._delete, paths)
+
+    def _delete(self, paths: list[Path]) -> None:
+        try:
+            for path in paths:
+                _unlink_quiet(_idx_path(path))
+                _unlink_quiet(path)
+            if self._durable:
+                fsync_dir(self._dir)
+        except OSError as exc:  # re-raised by drain(); said here in case nobody drains
+            log.error("storage_unlink_failed", dir=str(self._dir), error=str(exc))
+            raise
+
+    def drain(self) -> None:
+        """Wait for every submitted deletion; raise its OSError if one failed."""
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
 class SegmentLog:
     """Segment files ``<base>.seg`` in one directory; the last one is the active tail."""
 
@@ -93,6 +139,7 @@ class SegmentLog:
         self._active_crc = 0
         self._read_fds: OrderedDict[Path, int] = OrderedDict()
         self._dirty: set[int] = set()
+        self._deleter = _Deleter(directory, durable)
         self._cache: deque[Entry] = deque()
         self._cache_bytes = 0
 
@@ -372,6 +419,7 @@ class SegmentLog:
     def truncate_suffix(self, index: int) -> None:
         """Drop entries >= index. Crossing into a sealed segment goes through a durable marker."""
         assert self._first <= index <= self.last_index()
+        self._deleter.drain()
         k = bisect.bisect_right(self._bases, index) - 1
         seg = self._segs[k]
         cut = seg.offsets[index - seg.base]
@@ -424,26 +472,31 @@ class SegmentLog:
 
         Oldest first, so a crash part way leaves a contiguous suffix. Returns how many.
         """
-        n = 0
+        gone: list[Path] = []
         while len(self._segs) > 1 and self._segs[0].last <= index:
             seg = self._segs[0]
-            self._drop_segment_file(seg)
+            self._forget_fd(seg.path)
+            gone.append(seg.path)
             count = len(seg.offsets)
             del self._segs[0], self._bases[0]
             del self._terms[:count]
             self._first = self._segs[0].base
-            n += 1
         while self._config and self._config[0] < self._first:
             self._config.pop(0)
-        if n and self.durable:
-            fsync_dir(self.dir)
-        return n
+        if gone:  # the files go on a helper thread; until then they are harmless history
+            self._deleter.submit(gone)
+        return len(gone)
+
+    def wait_deletions(self) -> None:
+        """Block until compacted segment files are gone (tests; close does it too)."""
+        self._deleter.drain()
 
     def reset(self, index: int, term: int) -> None:
         """Restart the log after a snapshot at (index, term): keep it only if it agrees there."""
         if self._first - 1 <= index <= self.last_index() and self.term(index) == term:
             self.compact(index)
             return
+        self._deleter.drain()
         if self._fd >= 0:
             self._dirty.discard(self._fd)
             os.close(self._fd)
@@ -497,6 +550,7 @@ class SegmentLog:
                 os.fdatasync(self._fd)
 
     def close(self) -> None:
+        self._deleter.close()
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
