@@ -503,6 +503,8 @@ class Runner:
                 return self.client_load(
                     t, payload, a.client_procs, a.window, duration_s=a.memory_duration
                 )
+            if scenario == "half-load" and a.paced_rate:  # a fixed rate: A/B comparisons
+                return self.client_load(t, payload, a.client_procs, a.window, a.paced_rate)
             if scenario in ("half-load", "overload"):
                 peak = self.peak(t, v, payload)
                 factor = 0.5 if scenario == "half-load" else 3.0
@@ -844,6 +846,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--failover-timeout", type=float, default=30.0)
     p.add_argument("--zraft-config", default=None, help="zraft.toml for every zraft node")
+    p.add_argument(
+        "--paced-rate",
+        type=float,
+        default=0.0,
+        help="half-load: offer this many ops/s in all instead of half a fresh peak probe",
+    )
     p.add_argument("--keep-logs", default=None, help="copy each zraft cluster's node logs here")
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--plot", default=None, help="PNG of throughput/latency over time")
