@@ -43,6 +43,7 @@ class Progress:
         "snap_meta",
         "snap_progress",
         "snap_sent",
+        "stalled_rounds",
         "state",
     )
 
@@ -58,6 +59,8 @@ class Progress:
         self.ack_tick = -(1 << 62)
         #: match seen at the previous heartbeat response (stall detection)
         self.hb_match = -1
+        #: consecutive heartbeat rounds with no progress while behind (see Raft._stall_rounds)
+        self.stalled_rounds = 0
         self.snap_meta: SnapshotMeta | None = None
         self.snap_sent = 0
         self.snap_acked = 0
@@ -73,6 +76,7 @@ class Progress:
         self.probe_sent = False
         self.inflight.clear()
         self.snap_meta = None
+        self.stalled_rounds = 0
 
     def forget_match(self, match: int) -> None:
         """The follower lost entries it had acknowledged: probe again from its real end."""

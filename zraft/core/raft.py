@@ -917,6 +917,16 @@ class Raft:
                 self._send(Heartbeat(self._term, self._id, node, commit, ctx))
         self._read_round_needed = False
 
+    def _stall_rounds(self) -> int:
+        """Heartbeat rounds without progress before the leader assumes an append was lost.
+
+        The transport is ordered and reliable while a connection lives, so a loss is
+        rare; a busy follower that takes longer than one round per batch is common under
+        load. One round (the old rule) made the leader resend, from disk, entries that
+        were still in flight: more work for both, so more stalls. Half an election
+        timeout instead."""
+        return max(2, self.config.election_ticks // (2 * self.config.heartbeat_ticks))
+
     def _on_heartbeat_response(self, m: HeartbeatResponse) -> None:
         pr = self._prs[m.frm]
         pr.recent_active = True
@@ -929,7 +939,11 @@ class Raft:
             self._ack_reads(m.frm, r)
         if pr.state is ProgressState.REPLICATE:
             if pr.match < self.log.last_index() and pr.match == pr.hb_match:
-                pr.become_probe(pr.match + 1)  # no progress for a round: an append was lost
+                pr.stalled_rounds += 1
+                if pr.stalled_rounds >= self._stall_rounds():
+                    pr.become_probe(pr.match + 1)  # no progress for a while: an append was lost
+            else:
+                pr.stalled_rounds = 0
             pr.hb_match = pr.match
         if pr.match < self.log.last_index() and pr.state is ProgressState.PROBE:
             self._send_append(m.frm, pr, allow_empty=True)

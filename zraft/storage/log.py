@@ -36,7 +36,7 @@ _MARKER = struct.Struct("<8sQI")
 _MARKER_MAGIC = b"ZRTRUNC1"
 _CONFIG = int(EntryType.CONFIG)
 MAX_READ_FDS = 16
-CACHE_ENTRIES = 4096
+CACHE_ENTRIES = 32768  #: recent entries kept for sending: deep pipelines reach back far
 CACHE_BYTES = 8 << 20
 #: Per-entry size overhead counted against entries(max_bytes); the same rule as
 #: zraft.core.log.entry_size, so a batch is sized alike from memory or from disk.
