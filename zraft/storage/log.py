@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import os
 import struct
+import time
 import zlib
 from array import array
 from collections import OrderedDict, deque
@@ -85,6 +86,7 @@ class _Deleter:
         try:
             for path in paths:
                 _unlink_quiet(_idx_path(path))
+                _shrink_gradually(path)
                 _unlink_quiet(path)
             if self._durable:
                 fsync_dir(self._dir)
@@ -562,6 +564,31 @@ class SegmentLog:
 
 def _idx_path(seg_path: Path) -> Path:
     return seg_path.with_suffix(".idx")
+
+
+DELETE_CHUNK_BYTES = 4 << 20  #: a compacted segment shrinks by this much at a time
+DELETE_PAUSE_S = 0.002  #: between chunks: other fsyncs on the disk go first
+
+
+def _shrink_gradually(path: Path) -> None:
+    """Free a big file's blocks a few MiB at a time before unlinking it.
+
+    Freeing 64 MiB of extents at once made the journal commit that every node's next
+    fdatasync waits for 20-30 ms long on our bench disk (the same trick as RocksDB's
+    chunked deletes). Runs on the deleter thread, never on the reactor.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        while size > DELETE_CHUNK_BYTES:
+            size -= DELETE_CHUNK_BYTES
+            os.ftruncate(fd, size)
+            time.sleep(DELETE_PAUSE_S)  # pacing I/O on a helper thread, not synchronisation
+    finally:
+        os.close(fd)
 
 
 def _unlink_quiet(path: Path) -> None:
