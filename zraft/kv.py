@@ -78,25 +78,32 @@ class KV(StateMachine):
         self.data = data
 
 
-_PAIRS_PER_PACK = 1024  #: pairs packed per C call (an array16 header: 3 bytes)
+_PAIRS_PER_PACK = 1024  #: at most this many pairs per C call (an array16 header: 3 bytes)
+_PACK_BYTES = 256 << 10  #: aim for about this much per C call: it holds the GIL throughout
 
 
 def _pack_pairs(items: list[tuple[Any, Any]], chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
     """The stream of msgpack ``[key, value]`` pairs, in chunks of about ``chunk_bytes``.
 
     An array's encoding is its header followed by its items' encodings, so packing
-    1024 pairs as one array and dropping the header yields the same stream in one C
-    call. Packing pair by pair in Python held the GIL against the reactor for tens
-    of milliseconds per snapshot of a few MB.
+    many pairs as one array and dropping the header yields the same stream in one C
+    call; packing pair by pair in Python held the GIL against the reactor for tens of
+    ms per snapshot of a few MB. One C call holds the GIL for all its bytes, though, so
+    the group size follows the pairs' size: about ``_PACK_BYTES`` per call (a 100 MB
+    state of 1 MB values packed in one call had stopped the reactor's heartbeats).
     """
     buf: list[bytes] = []
     size = 0
-    for lo in range(0, len(items), _PAIRS_PER_PACK):
-        part = items[lo : lo + _PAIRS_PER_PACK]
+    lo, n = 0, 1
+    while lo < len(items):
+        part = items[lo : lo + n]
+        lo += len(part)
         packed: bytes = msgpack.packb(part, use_bin_type=True)
-        header = 1 if len(part) < 16 else 3  # fixarray / array16 (1024 < 65536)
+        header = 1 if len(part) < 16 else 3  # fixarray / array16 (n <= 1024 < 65536)
         buf.append(packed[header:])
-        size += len(packed) - header
+        body = len(packed) - header
+        size += body
+        n = max(1, min(_PAIRS_PER_PACK, _PACK_BYTES * len(part) // max(1, body)))
         if size >= chunk_bytes:
             yield b"".join(buf)
             buf, size = [], 0

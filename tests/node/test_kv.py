@@ -47,3 +47,24 @@ def test_snapshot_and_restore_round_trip() -> None:
     restored = KV()
     restored.restore_chunks(iter(kv.snapshot()))
     assert restored.data == kv.data
+
+
+def test_big_values_are_packed_a_few_per_call() -> None:
+    """One C call holds the GIL for all it packs: big values go in small groups."""
+    from unittest import mock
+
+    import zraft.kv as kvmod
+
+    items = [(f"blob-{i}", b"x" * (1 << 20)) for i in range(12)]
+    sizes: list[int] = []
+    real = msgpack.packb
+
+    def spy(obj: Any, **kw: Any) -> bytes:
+        sizes.append(len(obj))
+        out: bytes = real(obj, **kw)
+        return out
+
+    with mock.patch.object(kvmod.msgpack, "packb", spy):
+        stream = b"".join(_pack_pairs(items))
+    assert stream == _pair_by_pair(items)
+    assert max(sizes) == 1, sizes  # 1 MiB values: one pair per call

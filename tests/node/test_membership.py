@@ -138,10 +138,11 @@ def test_wiped_node_catches_up_by_snapshot_and_disk_stays_bounded(tmp_path: Path
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             st = cluster.statuses()[leader]
-            if st["snapshot_index"] >= 48_000 and st["first_index"] > 40_000:
+            if st["snapshot_index"] >= 47_000 and st["first_index"] > 40_000:
                 break
             time.sleep(0.2)
-        assert st["snapshot_index"] >= 48_000, "no automatic snapshot"
+        # every 2000 entries plus each node's random extra of up to a quarter
+        assert st["snapshot_index"] >= 47_000, "no automatic snapshot"
         assert st["first_index"] > 40_000, "the log was not compacted"
         seg_bytes = sum(p.stat().st_size for p in cluster.nodes[leader].data_dir.rglob("*.seg"))
         # bounded: storage keeps the log back to the older of the 2 kept snapshots
