@@ -291,7 +291,7 @@ def test_compaction_unlinks_on_a_helper_thread_oldest_first(
     monkeypatch.setattr(os, "unlink", spy)
     st.compact(50)
     first = st.first_index()
-    st._log.wait_deletions()
+    st.wait_deletions()
     segs_after = sorted(p.name for p in data_dir.rglob("*.seg"))
     gone = [name for _, name in unlinked if name.endswith(".seg")]
     assert gone and gone == sorted(gone), "oldest first"

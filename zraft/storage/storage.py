@@ -224,6 +224,10 @@ class Storage:
         if removed:
             log.info("storage_compacted", index=index, segments=removed, first=self.first_index())
 
+    def wait_deletions(self) -> None:
+        """Block until compacted segment files are gone (they go on a helper thread)."""
+        self._log.wait_deletions()
+
     def bootstrap(self, membership: Membership) -> None:
         """Record the initial membership; only on an empty data dir."""
         if not self.is_empty():
