@@ -243,6 +243,7 @@ class Node:
         self._hb_sent: dict[str, float] = {}
         self._last_leader_contact = time.monotonic()
         self._storage_error = ""
+        self._log_syncing = False  #: a leader's log flush runs on the storage's helper thread
         self._soft: tuple[Role, str, int] = (Role.FOLLOWER, NONE, 0)
         self._turn_persist_s = 0.0  #: this reactor turn's time in _persist (see slow_turn)
         self._turn_apply_s = 0.0  #: ... and in sending + applying
@@ -572,6 +573,8 @@ class Node:
             t_inbound = time.monotonic()
             if self._wake in ready_socks or self._calls_waiting():
                 self._drain_calls()
+            if self._log_syncing:
+                self._check_log_synced()
             now = time.monotonic()
             t_calls = now
             if now >= next_tick:
@@ -938,7 +941,7 @@ class Node:
                 self._apply_entries(rd.committed_entries)
                 self.transport.flush_replies()
         t1 = time.monotonic()
-        if not self._persist(rd):
+        if not self._persist(rd, wait=not early):
             return
         t2 = time.monotonic()
         if not early:
@@ -951,7 +954,7 @@ class Node:
             reads = self._reads_by_ctx.pop(rs.ctx, None)
             if reads:
                 self._reads_waiting.append((rs.index, reads))
-        self.core.advance(rd)
+        self.core.advance(rd, synced=not (early and rd.entries))
         if self._join_marker:
             self._end_join_if_caught_up()
         if self.core.membership is not self._peers_for:
@@ -978,8 +981,14 @@ class Node:
                 self._log_snapshot_progress(msg)
             self.transport.send(msg)
 
-    def _persist(self, rd: Ready) -> bool:
-        """Make the Ready's state durable. On a disk failure, stop accepting writes (loudly)."""
+    def _persist(self, rd: Ready, wait: bool) -> bool:
+        """Make the Ready's state durable. On a disk failure, stop accepting writes (loudly).
+
+        Without ``wait`` (a leader's own entries), the flush runs on the storage's helper
+        thread and the core hears of it in :meth:`_check_log_synced`. Anything else waits
+        for every earlier flush too: a node must never answer for entries it has only
+        written (say, a deposed leader acknowledging the new leader's appends).
+        """
         try:
             if rd.hard_state is not None:
                 if rd.hard_state.vote and rd.hard_state.vote != self._vote:
@@ -990,7 +999,14 @@ class Node:
                 self.storage.set_hard_state(rd.hard_state)
             if rd.entries:
                 self.storage.append(rd.entries)
+            if not wait:
+                if rd.entries:
+                    self.storage.sync_begin(self._wake_reactor)
+                    self._log_syncing = True
+            elif rd.entries or self._log_syncing:
                 self.storage.sync()
+                self._log_syncing = False
+            if rd.entries:
                 for e in rd.entries:
                     if e.type == EntryType.CONFIG:
                         self._on_config_appended(Membership.decode(e.data), e.index)
@@ -1006,6 +1022,20 @@ class Node:
             self._request_stop()
             return False
         return True
+
+    def _check_log_synced(self) -> None:
+        """Tell the core how far a leader's own log is durable (see _persist)."""
+        try:
+            pending = self.storage.sync_pending()
+            index = self.storage.synced_index()
+        except StorageFailed as exc:
+            self._storage_error = f"storage failed: {exc}"
+            self.log.error("storage_failed", error=str(exc))
+            self._log_syncing = False
+            self._request_stop()
+            return
+        self._log_syncing = pending
+        self.core.log_synced(index)
 
     def _on_soft_state(self, role: Role, leader: str, term: int) -> None:
         prev_role, prev_leader, prev_term = self._soft

@@ -6,6 +6,8 @@ persisted into a MemoryStorage, then advance().
 
 from __future__ import annotations
 
+import pytest
+
 from zraft.core import (
     AppendEntries,
     AppendResponse,
@@ -342,3 +344,59 @@ def test_10_2_1_leader_counts_its_own_entries_only_once_persisted() -> None:
     r2.storage.append(rd2.entries)  # type: ignore[attr-defined]
     r2.advance(rd2)
     assert r2.commit == 2, "durable at the leader + one follower"
+
+
+def _write_unsynced(r: Raft) -> Ready:
+    """Act as a leader's driver that writes entries and lets a helper thread flush them."""
+    rd = r.ready()
+    assert rd.hard_state is None
+    r.storage.append(rd.entries)  # type: ignore[attr-defined]
+    r.advance(rd, synced=False)
+    return rd
+
+
+def test_10_2_1_written_but_unflushed_leader_entries_count_once_log_synced() -> None:
+    """Dissertation §10.2.1 with the flush off the leader's critical path: a leader that
+    has only written its entries counts its own copy when the driver reports the flush."""
+    r = make()
+    elect(r)
+    msgs(r)
+    r.step(AppendResponse(1, "n2", "n1", 1))
+    msgs(r)
+    r.propose([b"a"])
+    _write_unsynced(r)
+    r.step(AppendResponse(1, "n2", "n1", 2))
+    assert r.commit == 1, "written, not flushed: one follower is no majority"
+    r.log_synced(1)
+    assert r.commit == 1, "a flush that stops short of index 2 does not count for it"
+    r.log_synced(2)
+    assert r.commit == 2, "flushed at the leader + one follower"
+    r.propose([b"b"])
+    _write_unsynced(r)
+    r.log_synced(99)
+    assert r.commit == 2, "a flush report is capped at what was written and needs a follower"
+    r.step(AppendResponse(1, "n3", "n1", 3))
+    assert r.commit == 3
+
+
+def test_10_2_1_a_single_node_commits_only_when_its_flush_lands() -> None:
+    r = make(peers=("n1",))
+    r.campaign()
+    msgs(r)
+    assert r.role is Role.LEADER and r.commit == 1
+    r.propose([b"a"])
+    _write_unsynced(r)
+    assert r.commit == 1 and not r.has_ready()
+    r.log_synced(2)
+    assert r.commit == 2 and r.has_ready()
+
+
+def test_only_a_leader_may_advance_before_its_writes_are_durable() -> None:
+    r = make()
+    r.step(AppendEntries(1, "n2", "n1", 0, 0, (Entry(1, 1, EntryType.NORMAL, b"x"),), 0))
+    rd = r.ready()
+    with pytest.raises(RuntimeError, match="only a leader"):
+        r.advance(rd, synced=False)
+    r.advance(rd)
+    r.log_synced(1)  # a follower ignores flush reports: it answers only after flushing
+    assert r.role is Role.FOLLOWER

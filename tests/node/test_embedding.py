@@ -314,3 +314,63 @@ def test_automatic_snapshots_are_jittered_per_node(tmp_path: Path) -> None:
         # bootstrap membership adds and the commands applied while one is being written
         assert all(every <= g <= every + every // 4 + 20 for g in gaps[seed]), gaps[seed]
     assert gaps[1] != gaps[2], "two nodes with different seeds snapshot at different points"
+
+
+class _HeldFlush:
+    """os.fdatasync that holds the flushes of the first leader's helper thread."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.release, self.held = real, threading.Event(), threading.Event()
+        self.thread: int | None = None
+
+    def __call__(self, fd: int) -> None:
+        if threading.current_thread().name == "zraft-fsync" and not self.release.is_set():
+            if self.thread is None:
+                self.thread = threading.get_ident()
+            if self.thread == threading.get_ident():
+                self.held.set()
+                assert self.release.wait(60), "the test never released the flush"
+        self.real(fd)
+
+
+def test_a_leader_commits_while_its_own_flush_hangs_and_flushes_before_following(
+    trio: list[zraft.Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dissertation 10.2.1: two followers' flushes commit without the leader's; but once
+    deposed, the old leader must finish its flush before it acknowledges any append."""
+    import os
+    import time
+
+    from zraft.core import AppendResponse
+
+    old = _wait_leader(trio)
+    assert old.apply("add", 1) == 1
+    gate = _HeldFlush(os.fdatasync)
+    monkeypatch.setattr(os, "fdatasync", gate)
+    sent_early: list[object] = []
+    real_send = old.transport.send
+
+    def send(msg: Any, *rest: Any) -> None:
+        if isinstance(msg, AppendResponse) and not gate.release.is_set():
+            sent_early.append(msg)
+        real_send(msg, *rest)
+
+    monkeypatch.setattr(old.transport, "send", send)
+    try:
+        assert old.apply("add", 2, timeout=10) == 3, "committed by the followers' flushes"
+        assert gate.held.is_set(), "while the leader's own flush was still held"
+        new = next(n for n in trio if n is not old)
+        old.transfer_leadership(new.config.node_id, timeout=10)
+        deadline = time.monotonic() + 20
+        while new.status()["role"] != "leader":
+            assert time.monotonic() < deadline, "the transfer did not complete"
+            time.sleep(0.02)
+        assert new.apply("add", 4, timeout=10) == 7, "the third node makes the majority"
+        assert not sent_early, "a deposed leader acknowledged appends before its flush"
+    finally:
+        gate.release.set()
+    assert new.apply("add", 0, timeout=10) == 7
+    deadline = time.monotonic() + 20
+    while old.status()["applied"] < new.status()["applied"]:
+        assert time.monotonic() < deadline, "the old leader did not catch up"
+        time.sleep(0.02)

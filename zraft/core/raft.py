@@ -1151,10 +1151,22 @@ class Raft:
         self._outstanding = rd
         return rd
 
-    def advance(self, ready: Ready) -> None:
-        """The driver persisted, sent and applied everything in ``ready``."""
+    def advance(self, ready: Ready, synced: bool = True) -> None:
+        """The driver persisted, sent and applied everything in ``ready``.
+
+        A leader's driver may pass ``synced=False`` after only writing the entries
+        (not yet durable) and call :meth:`log_synced` once they are: the leader then
+        counts its own copy only from that point (dissertation 10.2.1). Term and
+        vote changes and snapshots are always durable before advance.
+        """
         if ready is not self._outstanding:
             raise RuntimeError("advance() with a Ready that was not handed out")
+        if not synced and (
+            self._role is not Role.LEADER
+            or ready.hard_state is not None
+            or ready.snapshot is not None
+        ):
+            raise RuntimeError("only a leader's entries may be written before they are durable")
         self._outstanding = None
         if ready.snapshot is not None:
             self.log.snapshot_persisted(ready.snapshot)
@@ -1170,7 +1182,19 @@ class Raft:
             self._snap_verifying = None
             if v is not None:
                 self._install_snapshot(v)
-        if self._role is Role.LEADER and ready.entries:
-            me = self._prs[self._id]
-            me.match = max(me.match, self.log.stable_index())
+        if self._role is Role.LEADER and ready.entries and synced:
+            self.log_synced(self.log.stable_index())
+
+    def log_synced(self, index: int) -> None:
+        """The driver's log is durable through ``index``: a leader counts its own copy.
+
+        Any index the storage reports is fine, stale or not: the leader never
+        truncates its log, and it starts leading with its whole log durable.
+        """
+        if self._role is not Role.LEADER:
+            return
+        me = self._prs[self._id]
+        index = min(index, self.log.stable_index())
+        if index > me.match:
+            me.match = index
             self._maybe_commit()

@@ -301,6 +301,11 @@ class Ready:
     3. Apply ``committed_entries`` in order; answer ``read_states`` once applied
        reaches their index.
     4. Call ``advance(ready)``.
+
+    A leader's driver may write ``entries`` in step 1 without waiting for them to be
+    durable (when ``hard_state`` and ``snapshot`` are None), call
+    ``advance(ready, synced=False)``, and report the flush later with
+    ``log_synced(index)``; the leader then counts its own copy only from there.
     """
 
     soft_state: SoftState | None = None

@@ -23,7 +23,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
@@ -196,6 +196,24 @@ class Storage:
         """Make every append since the last sync durable: normally ONE fdatasync."""
         with self._writing("sync"):
             self._log.sync()
+
+    def sync_begin(self, notify: Callable[[], None]) -> None:
+        """Start a flush of every append so far on a helper thread; don't wait for it.
+
+        ``notify`` is called (from that thread) when a flush ends; :meth:`synced_index`
+        then says how far the log is durable. A leader uses this so its reactor keeps
+        serving while its disk flushes; everything else uses :meth:`sync`.
+        """
+        with self._writing("sync"):
+            self._log.sync_begin(notify)
+
+    def synced_index(self) -> int:
+        """The last log index known durable; raises StorageFailed if a flush failed."""
+        with self._writing("sync"):
+            return self._log.synced_index()
+
+    def sync_pending(self) -> bool:
+        return self._log.sync_pending()
 
     def set_hard_state(self, hs: HardState) -> None:
         """Durable on return; the term never moves backwards."""

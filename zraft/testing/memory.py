@@ -104,6 +104,11 @@ class MemoryStorage:
         del self._ents[first - base :]
         self._ents.extend(ents)
 
+    def lose_from(self, index: int) -> None:
+        """A crash lost every entry from ``index`` on that was written but not flushed."""
+        base = self._ents[0].index
+        del self._ents[max(index, base + 1) - base :]
+
     def create_snapshot(self, index: int, data: bytes) -> SnapshotMeta:
         """Snapshot the state machine at ``index`` and compact the log up to it."""
         assert self._ents[0].index < index <= self.last_index(), "snapshot index out of range"

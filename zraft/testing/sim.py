@@ -54,6 +54,9 @@ class Faults:
     partition_ticks: int = 30
     snapshot_every: int = 0  #: compact once this many entries are applied past the snapshot
     corrupt_snapshot: float = 0.0  #: per received snapshot: fail its checksum
+    #: > 0: leaders write entries without waiting for the flush, which lands within this
+    #: many ticks (the node's helper-thread fsync); a crash loses what it had not flushed
+    leader_flush_ticks: int = 0
 
     def any(self) -> bool:
         return self != Faults()
@@ -89,6 +92,10 @@ class SimNode:
     #: wiped and re-added: the durable "joining" marker a real node keeps (Raft.await_join)
     joining: bool = False
     join_index: int | None = None
+    #: first index written but not yet flushed (leader_flush_ticks); None: all durable
+    unflushed: int | None = None
+    flush_at: int = 0  #: tick the running flush lands
+    flush_upto: int = 0  #: what it covers
 
     @property
     def alive(self) -> bool:
@@ -173,6 +180,9 @@ class Cluster:
         n = self.nodes[node]
         if n.raft is None:
             return
+        if n.unflushed is not None:
+            n.storage.lose_from(n.unflushed)
+            n.unflushed = None
         n.raft = None
         self._queue = [q for q in self._queue if node not in (q[2].frm, q[2].to)]
         heapq.heapify(self._queue)
@@ -255,6 +265,7 @@ class Cluster:
         for _ in range(n):
             self.now += 1
             self._inject_faults()
+            self._land_flushes()
             for node in self.alive():
                 node.core().tick()
             self.settle()
@@ -322,21 +333,52 @@ class Cluster:
         core = node.core()
         rd = core.ready()
         f = self.faults
+        # a leader may write its entries and flush them later (the node's early path)
+        lazy = (
+            f.leader_flush_ticks > 0
+            and core.role is Role.LEADER
+            and rd.hard_state is None
+            and rd.snapshot is None
+        )
         if f.crash_mid_ready and self.rng.random() < f.crash_mid_ready:
             if self.rng.random() < 0.5:
                 self.crash(node.id)  # before persisting: the whole Ready is lost
                 return
-            self._persist(node, rd)
-            self.crash(node.id)  # persisted, never sent
+            self._write(node, rd, lazy)
+            self.crash(node.id)  # persisted (or, lazily, only written), never sent
             return
-        self._persist(node, rd)
+        self._write(node, rd, lazy)
         for m in rd.messages:
             self._send(m)
         self._apply(node, rd)
-        core.advance(rd)
+        core.advance(rd, synced=not (lazy and rd.entries))
         if node.joining and not core.joining:
             node.joining = False  # the real node removes its marker here
         self._maybe_compact(node)
+
+    def _write(self, node: SimNode, rd: Ready, lazy: bool) -> None:
+        if not lazy:
+            node.unflushed = None  # the real node's sync(): waits out and covers all writes
+        self._persist(node, rd)
+        if lazy and rd.entries:
+            self._start_flush(node, rd.entries[0].index)
+
+    def _start_flush(self, node: SimNode, first: int) -> None:
+        if node.unflushed is None:
+            node.unflushed = first
+            node.flush_at = self.now + self.rng.randint(0, self.faults.leader_flush_ticks)
+            node.flush_upto = node.storage.last_index()
+
+    def _land_flushes(self) -> None:
+        for node in self.alive():
+            if node.unflushed is None or self.now < node.flush_at:
+                continue
+            upto = node.flush_upto
+            last = node.storage.last_index()
+            node.unflushed = None
+            if upto < last:  # written while it ran: the next flush takes them
+                self._start_flush(node, upto + 1)
+            node.core().log_synced(upto)
 
     def _persist(self, node: SimNode, rd: Ready) -> None:
         st = node.storage
@@ -512,6 +554,7 @@ def random_run(
     faults: Faults | None = None,
     voters: int = 0,
     membership_changes: bool = True,
+    leader_flush_ticks: int = 0,
     **config: Any,
 ) -> Cluster:
     """A seeded run of a mixed workload under mixed faults, then calm and final checks.
@@ -520,6 +563,8 @@ def random_run(
     """
     rng = random.Random(f"run:{seed}")
     faults = faults if faults is not None else random_faults(rng)
+    if leader_flush_ticks:
+        faults = replace(faults, leader_flush_ticks=leader_flush_ticks)
     voters = voters or rng.choice([1, 3, 3, 5])
     config.setdefault("max_msg_entries", rng.choice([2, 64]))
     config.setdefault("snapshot_chunk_bytes", rng.choice([61, 512]))
