@@ -941,7 +941,8 @@ class Node:
                 self._apply_entries(rd.committed_entries)
                 self.transport.flush_replies()
         t1 = time.monotonic()
-        if not self._persist(rd, wait=not early):
+        lazy = early and self.config.async_leader_flush
+        if not self._persist(rd, wait=not lazy):
             return
         t2 = time.monotonic()
         if not early:
@@ -954,7 +955,7 @@ class Node:
             reads = self._reads_by_ctx.pop(rs.ctx, None)
             if reads:
                 self._reads_waiting.append((rs.index, reads))
-        self.core.advance(rd, synced=not (early and rd.entries))
+        self.core.advance(rd, synced=not (lazy and rd.entries))
         if self._join_marker:
             self._end_join_if_caught_up()
         if self.core.membership is not self._peers_for:

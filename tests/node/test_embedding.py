@@ -52,11 +52,17 @@ def _single(tmp_path: Path, sm: zraft.StateMachine) -> zraft.Node:
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[list[zraft.Node]]:
+    yield from _trio(tmp_path)
+
+
+def _trio(tmp_path: Path, **options: Any) -> Iterator[list[zraft.Node]]:
     ports = free_ports(3)
     peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
     nodes = [
         zraft.Node(
-            zraft.Config(node_id=nid, bind=addr, peers=peers, data_dir=str(tmp_path / nid)),
+            zraft.Config(
+                node_id=nid, bind=addr, peers=peers, data_dir=str(tmp_path / nid), **options
+            ),
             Counter(),
         )
         for nid, addr in peers.items()
@@ -333,11 +339,18 @@ class _HeldFlush:
         self.real(fd)
 
 
+@pytest.fixture
+def async_trio(tmp_path: Path) -> Iterator[list[zraft.Node]]:
+    yield from _trio(tmp_path, async_leader_flush=True)
+
+
 def test_a_leader_commits_while_its_own_flush_hangs_and_flushes_before_following(
-    trio: list[zraft.Node], monkeypatch: pytest.MonkeyPatch
+    async_trio: list[zraft.Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Dissertation 10.2.1: two followers' flushes commit without the leader's; but once
-    deposed, the old leader must finish its flush before it acknowledges any append."""
+    """Dissertation 10.2.1 (async_leader_flush): two followers' flushes commit without the
+    leader's; but once deposed, the old leader finishes its flush before it acknowledges
+    any append."""
+    trio = async_trio
     import os
     import time
 
@@ -374,3 +387,9 @@ def test_a_leader_commits_while_its_own_flush_hangs_and_flushes_before_following
     while old.status()["applied"] < new.status()["applied"]:
         assert time.monotonic() < deadline, "the old leader did not catch up"
         time.sleep(0.02)
+
+
+def test_by_default_a_leader_flushes_inline(trio: list[zraft.Node]) -> None:
+    leader = _wait_leader(trio)
+    assert [leader.apply("add", 1) for _ in range(20)][-1] >= 20
+    assert not [t for t in threading.enumerate() if t.name == "zraft-fsync"]
