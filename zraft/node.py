@@ -233,6 +233,8 @@ class Node:
         #: extra entries this node waits before its next automatic snapshot
         self._snapshot_jitter = self._rng.randrange(config.snapshot_entries // 4 + 1)
         self._snapshot_thread: threading.Thread | None = None
+        #: take_snapshot() calls that came while one was being written: (applied, deliver)
+        self._snapshot_waiters: list[tuple[int, Deliver]] = []
         #: learners to promote once caught up -> log index they must hold first
         self._promote: dict[str, int] = {}
         #: peer addresses learned while joining, before our log holds any membership
@@ -364,7 +366,11 @@ class Node:
         return result
 
     def take_snapshot(self, timeout: float | None = None) -> int:
-        """Snapshot the state machine now; returns the snapshot's last index once durable."""
+        """Snapshot the state machine now; returns the snapshot's last index once durable.
+
+        While another snapshot is being written this waits for it, and takes one more
+        if that one does not cover everything applied when this was called.
+        """
         result: int = self._call_outcome(self._do_manual_snapshot, timeout)
         return result
 
@@ -692,6 +698,9 @@ class Node:
         if self._snapshot_thread is not None:
             self._snapshot_thread.join(timeout=30)
         self._run_queued_calls()
+        for _, d in self._snapshot_waiters:  # the write outlived the join: no answer coming
+            d(stopped)
+        self._snapshot_waiters.clear()
         self._release_resources()
         self._last_status = {
             **self._last_status,
@@ -1266,14 +1275,14 @@ class Node:
 
     def _start_snapshot(self, deliver: Deliver | None) -> None:
         """Capture state on the reactor; write and fsync it on a helper thread."""
-        if self._snapshot_thread is not None or not self.sm.supports_snapshots():
+        if not self.sm.supports_snapshots():
             if deliver is not None:
-                reason = (
-                    "a snapshot is already being written"
-                    if self._snapshot_thread
-                    else "the state machine does not implement snapshot()"
-                )
-                deliver(Outcome(False, error="busy", message=reason))
+                message = "the state machine does not implement snapshot()"
+                deliver(Outcome(False, error="busy", message=message))
+            return
+        if self._snapshot_thread is not None:  # a caller waits for it, and maybe one more
+            if deliver is not None:
+                self._snapshot_waiters.append((self._applied, deliver))
             return
         index, term, membership = self._applied, self._applied_term, self._applied_membership
         started = time.monotonic()
@@ -1313,10 +1322,15 @@ class Node:
         if self._snapshot_thread is not None:
             self._snapshot_thread.join()
         self._snapshot_thread = None
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
         if meta is None:
             self.log.error("snapshot_failed", error=str(err))
+            failed = Outcome(False, error="storage_failed", message=f"snapshot failed: {err}")
+            targets = [w for _, w in waiters]
             if deliver is not None:
-                deliver(Outcome(False, error="storage_failed", message=f"snapshot failed: {err}"))
+                targets.append(deliver)
+            for d in targets:
+                d(failed)
             return
         self._last_snapshot_index = meta.index
         keep_from = max(0, meta.index - self.config.snapshot_trailing)
@@ -1327,6 +1341,26 @@ class Node:
         self.events.emit("snapshot_taken", meta.index, meta.size)
         if deliver is not None:
             deliver(Outcome(True, meta.index))
+        self._answer_snapshot_waiters(meta.index, waiters)
+
+    def _answer_snapshot_waiters(self, index: int, waiters: list[tuple[int, Deliver]]) -> None:
+        """A snapshot covering what a caller had applied answers it; the rest get a new one."""
+        later = [d for applied, d in waiters if applied > index]
+        for applied, d in waiters:
+            if applied <= index:
+                d(Outcome(True, index))
+        if not later:
+            return
+        if self._closing:
+            for d in later:
+                d(Outcome(False, error="stopped", message="node stopped"))
+            return
+
+        def answer_all(outcome: Outcome) -> None:
+            for d in later:
+                d(outcome)
+
+        self._start_snapshot(answer_all)
 
     # ------------------------------------------------------------------ membership
 

@@ -393,3 +393,51 @@ def test_by_default_a_leader_flushes_inline(trio: list[zraft.Node]) -> None:
     leader = _wait_leader(trio)
     assert [leader.apply("add", 1) for _ in range(20)][-1] >= 20
     assert not [t for t in threading.enumerate() if t.name == "zraft-fsync"]
+
+
+class _SlowSnapshots(Counter):
+    """Its snapshot stream waits for ``release``: a snapshot stays "being written"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.writing = threading.Event(), threading.Event()
+
+    def snapshot(self) -> Any:
+        value = self.value  # captured on the reactor; written on the helper thread
+
+        def stream() -> Iterator[bytes]:
+            self.writing.set()
+            assert self.release.wait(30), "the test never released the snapshot"
+            yield str(value).encode()
+
+        return stream()
+
+
+def test_take_snapshot_during_another_waits_and_covers_what_was_applied(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    sm = _SlowSnapshots()
+    with _single(tmp_path, sm) as node:
+        _wait_leader([node])
+        for _ in range(5):
+            node.apply("add", 1)
+        first: list[int] = []
+        t1 = threading.Thread(target=lambda: first.append(node.take_snapshot(timeout=30)))
+        t1.start()
+        assert sm.writing.wait(30)
+        applied = max(node.apply("add", 1) for _ in range(3))
+        second: list[int] = []
+        t2 = threading.Thread(target=lambda: second.append(node.take_snapshot(timeout=30)))
+        t2.start()
+        deadline = time.monotonic() + 30
+        while not node._snapshot_waiters:  # the second call is queued behind the first
+            assert time.monotonic() < deadline and t2.is_alive(), "second call not waiting"
+            time.sleep(0.01)
+        sm.release.set()
+        t1.join(30)
+        t2.join(30)
+        assert first and second, "both calls answered (the second was not refused as busy)"
+        assert first[0] < second[0], "the second took a new snapshot: the first missed some"
+        assert second[0] >= first[0] + 3 and applied == 8
