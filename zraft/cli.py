@@ -223,7 +223,10 @@ def cmd_members(args: argparse.Namespace) -> int:
             print(json.dumps(m, sort_keys=True))
         else:
             rows = [{"id": k, "kind": "voter", "address": v} for k, v in m["voters"].items()]
-            rows += [{"id": k, "kind": "learner", "address": v} for k, v in m["learners"].items()]
+            promoting = set(m.get("promoting", ()))
+            for k, v in m["learners"].items():
+                kind = "learner (to voter)" if k in promoting else "learner"
+                rows.append({"id": k, "kind": kind, "address": v})
             for r in rows:
                 r["leader"] = "*" if r["id"] == m["leader"] else ""
             print(

@@ -156,9 +156,10 @@ def _args(v: Any, name: str) -> tuple[Any, ...]:
 
 
 def _membership(v: Any, name: str) -> Membership:
-    if type(v) is not list or len(v) != 2:
-        _fail("bad_membership", f"{name} must be [voters, learners]")
-    voters, learners = v
+    if type(v) is not list or len(v) not in (2, 3):
+        _fail("bad_membership", f"{name} must be [voters, learners] or [.., promote]")
+    voters, learners = v[0], v[1]
+    promote = v[2] if len(v) == 3 else []
     for part in (voters, learners):
         if type(part) is not dict:
             _fail("bad_membership", "voters and learners are maps")
@@ -167,7 +168,9 @@ def _membership(v: Any, name: str) -> Membership:
             _bounded_str(MAX_ADDRESS_LEN)(address, "member address")
     if len(voters) + len(learners) > MAX_MEMBERS or voters.keys() & learners.keys():
         _fail("bad_membership", "too many members or a node both voter and learner")
-    return Membership(voters=voters, learners=learners)
+    if type(promote) is not list or not all(type(p) is str and p in learners for p in promote):
+        _fail("bad_membership", "promote lists learners")
+    return Membership(voters=voters, learners=learners, promote=tuple(sorted(set(promote))))
 
 
 def _snapshot_meta(v: Any, name: str) -> SnapshotMeta:
@@ -332,7 +335,10 @@ _GETTERS: dict[type, attrgetter[Any]] = {
 
 def _meta_to_wire(meta: SnapshotMeta) -> list[Any]:
     m = meta.membership
-    return [meta.index, meta.term, [m.voters, m.learners], meta.size, meta.crc32]
+    parts: list[Any] = (
+        [m.voters, m.learners, list(m.promote)] if m.promote else [m.voters, m.learners]
+    )
+    return [meta.index, meta.term, parts, meta.size, meta.crc32]
 
 
 def encode(msg: Decoded, cluster_id: str) -> bytes:

@@ -1366,7 +1366,12 @@ class Node:
 
     def _members(self) -> dict[str, Any]:
         m = self.core.membership
-        return {"voters": dict(m.voters), "learners": dict(m.learners), "leader": self.core.leader}
+        return {
+            "voters": dict(m.voters),
+            "learners": dict(m.learners),
+            "promoting": list(m.promote),
+            "leader": self.core.leader,
+        }
 
     def _propose_membership(self, new: Membership, deliver: Deliver) -> bool:
         if self._closing or self.core.role != Role.LEADER:
@@ -1410,18 +1415,18 @@ class Node:
             deliver(self._not_leader())
             return
         m = self.core.membership
-        if node_id in m.voters or (node_id in m.learners and not voter):
+        if node_id in m.voters or (node_id in m.learners and (not voter or node_id in m.promote)):
             # already there: idempotent for retries and --join; the answer is an index at
             # or after the entry that added it (what a joining node waits to apply)
             deliver(Outcome(True, self.core.config_index))
             return
         if voter:  # it must hold everything we have now before it may vote
             self._promote[node_id] = self.core.last_index + 1
-        if node_id in m.learners:
-            deliver(Outcome(True, self.core.config_index))  # promotion follows when caught up
-            return
-        learners = {**m.learners, node_id: address}
-        self._propose_membership(Membership(dict(m.voters), learners), deliver)
+        # a voter-to-be joins as a learner marked for promotion: the mark is part of the
+        # configuration, so a leader elected before it catches up still promotes it
+        learners = {**m.learners, node_id: m.learners.get(node_id, address)}
+        promote = set(m.promote) | ({node_id} if voter else set())
+        self._propose_membership(m.with_changes(learners=learners, promote=promote), deliver)
 
     def _do_remove_member(self, node_id: str, deliver: Deliver) -> None:
         if self.core.role != Role.LEADER:  # a follower's view may be stale: never answer ok
@@ -1437,18 +1442,19 @@ class Node:
             return
         learners = {k: v for k, v in m.learners.items() if k != node_id}
         self._promote.pop(node_id, None)
-        self._propose_membership(Membership(voters, learners), deliver)
+        self._propose_membership(m.with_changes(voters=voters, learners=learners), deliver)
 
     def _maybe_promote(self) -> None:
-        """Promote learners that asked to be voters once they have caught up."""
-        if self.core.role != Role.LEADER or not self._promote:
-            return
-        status = self.core.status()
+        """Promote learners the configuration marks for it once they have caught up."""
         m = self.core.membership
-        for node_id in list(self._promote):
-            if node_id not in m.learners:
-                self._promote.pop(node_id)
-                continue
+        if self.core.role != Role.LEADER or not (m.promote or self._promote):
+            return
+        for node_id in set(self._promote) - set(m.promote):
+            self._promote.pop(node_id)  # promoted, removed, or never marked
+        status = self.core.status()
+        for node_id in m.promote:
+            # a leader that did not add it asks it to hold everything this leader has
+            self._promote.setdefault(node_id, self.core.last_index)
             progress = status.progress.get(node_id)
             if (
                 progress is None
@@ -1463,7 +1469,7 @@ class Node:
                 if outcome.ok:
                     self._promote.pop(nid, None)
 
-            self._propose_membership(Membership(voters, learners), done)
+            self._propose_membership(m.with_changes(voters=voters, learners=learners), done)
             return
 
     def _do_transfer(self, to: str | None, deliver: Deliver) -> None:
@@ -1584,6 +1590,7 @@ class Node:
             "snapshot_index": snap.index if snap else 0,
             "voters": sorted(m.voters),
             "learners": sorted(m.learners),
+            "promoting": list(m.promote),  # learners to become voters once caught up
             "joining": s.joining,  # re-provisioned: no votes until it has applied its add
             "address": self.config.address,
             "storage_error": self._storage_error,

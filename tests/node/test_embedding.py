@@ -441,3 +441,55 @@ def test_take_snapshot_during_another_waits_and_covers_what_was_applied(
         assert first and second, "both calls answered (the second was not refused as busy)"
         assert first[0] < second[0], "the second took a new snapshot: the first missed some"
         assert second[0] >= first[0] + 3 and applied == 8
+
+
+def test_a_pending_promotion_survives_a_leader_change(
+    trio: list[zraft.Node], tmp_path: Path
+) -> None:
+    """add_member(voter=True) marks the learner for promotion in the configuration: a
+    leader elected before the learner caught up still promotes it. (A ``--join`` node
+    also keeps asking; here n4 only learns its peers, so the mark alone must do it.)"""
+    import time
+
+    old = _wait_leader(trio)
+    assert old.apply("add", 1) == 1
+    addr = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    old.add_member("n4", addr, timeout=10)  # n4 is not running: it cannot catch up yet
+    assert old.status()["promoting"] == ["n4"]
+    new = next(n for n in trio if n is not old)
+    old.transfer_leadership(new.config.node_id, timeout=10)
+    deadline = time.monotonic() + 20
+    while new.status()["role"] != "leader":
+        assert time.monotonic() < deadline, "the transfer did not complete"
+        time.sleep(0.02)
+    assert new.status()["promoting"] == ["n4"], "the mark is in the configuration"
+    peers = {n.config.node_id: n.config.address for n in trio}
+    cfg = zraft.Config(node_id="n4", bind=addr, data_dir=str(tmp_path / "n4"), join=addr)
+    n4 = zraft.Node(cfg, Counter())
+    n4._start_join_thread = lambda endpoint: n4._post(  # type: ignore[method-assign]
+        lambda: n4._learn_join_peers(peers)
+    )
+    with n4:
+        deadline = time.monotonic() + 30
+        while "n4" not in new.status()["voters"]:
+            assert time.monotonic() < deadline, f"n4 never promoted: {new.status()}"
+            time.sleep(0.05)
+        assert new.status()["promoting"] == []
+        assert new.apply("add", 1) == 2
+        deadline = time.monotonic() + 20
+        while n4.status()["applied"] < new.status()["applied"]:
+            assert time.monotonic() < deadline, "n4 did not catch up"
+            time.sleep(0.02)
+
+
+def test_promotion_marks_follow_add_and_remove(trio: list[zraft.Node]) -> None:
+    leader = _wait_leader(trio)
+    addr = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    leader.add_member("n5", addr, voter=False, timeout=10)
+    assert (leader.status()["learners"], leader.status()["promoting"]) == (["n5"], [])
+    leader.add_member("n5", addr, voter=False, timeout=10)  # idempotent
+    leader.add_member("n5", addr, voter=True, timeout=10)  # a learner asks to vote
+    assert leader.status()["promoting"] == ["n5"]
+    leader.add_member("n5", addr, voter=True, timeout=10)  # idempotent too
+    leader.remove_member("n5", timeout=10)
+    assert (leader.status()["learners"], leader.status()["promoting"]) == ([], [])

@@ -103,6 +103,20 @@ def test_snapshot_meta_and_membership_round_trip() -> None:
     assert back.meta.membership.learners == {"n3": "x"}
 
 
+def test_a_pending_promotion_travels_with_snapshot_metadata() -> None:
+    m = Membership(voters=MEMBERS.voters, learners=MEMBERS.learners, promote=("n3",))
+    meta = SnapshotMeta(10, 3, m, 1234, 7)
+    back = decode(encode(InstallSnapshot(3, "n1", "n2", meta, 0, b"", False), CID), CID)
+    assert isinstance(back, InstallSnapshot) and back.meta.membership.promote == ("n3",)
+    assert Membership.decode(m.encode()) == m
+    assert b"promote" not in MEMBERS.encode(), "without one, the bytes are as before"
+    bad = InstallSnapshot(3, "n1", "n2", meta, 0, b"", False)
+    wire = encode(bad, CID).replace(b"\xa2n3\xa1x\x91\xa2n3", b"\xa2n3\xa1x\x91\xa2n9")
+    assert reason_of(wire) == "bad_membership", "only learners can await promotion"
+    with pytest.raises(ValueError, match="promote"):
+        Membership.decode(b'{"voters": {"a": "x"}, "learners": {}, "promote": ["a"]}')
+
+
 def test_wrong_cluster_is_its_own_reason() -> None:
     assert reason_of(encode(EXAMPLES[0], "other-cluster")) == "wrong_cluster"
 

@@ -60,7 +60,8 @@ def memberships(draw: st.DrawFn) -> Membership:
     split = draw(st.integers(0, len(ids)))
     voters = {i: draw(addresses) for i in ids[:split]}
     learners = {i: draw(addresses) for i in ids[split:]}
-    return Membership(voters=voters, learners=learners)
+    promote = draw(st.lists(st.sampled_from(ids[split:]), unique=True)) if learners else []
+    return Membership(voters=voters, learners=learners, promote=tuple(sorted(promote)))
 
 
 snapshot_metas = st.builds(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 NodeId = str
 
@@ -52,9 +52,14 @@ class Membership:
 
     voters: dict[NodeId, str] = field(default_factory=dict)
     learners: dict[NodeId, str] = field(default_factory=dict)
+    #: learners asked to become voters once caught up (sorted). In the configuration
+    #: itself, so whichever node leads next still promotes them.
+    promote: tuple[NodeId, ...] = ()
 
     def __post_init__(self) -> None:
         assert not (self.voters.keys() & self.learners.keys()), "a node is voter or learner"
+        assert set(self.promote) <= self.learners.keys(), "only learners await promotion"
+        assert list(self.promote) == sorted(set(self.promote)), "promote is sorted, unique"
 
     def ids(self) -> set[NodeId]:
         return set(self.voters) | set(self.learners)
@@ -62,11 +67,27 @@ class Membership:
     def address(self, node_id: NodeId) -> str | None:
         return self.voters.get(node_id) or self.learners.get(node_id)
 
+    def with_changes(
+        self,
+        voters: dict[NodeId, str] | None = None,
+        learners: dict[NodeId, str] | None = None,
+        promote: set[NodeId] | None = None,
+    ) -> Membership:
+        """A copy with some parts replaced; pending promotions of departed learners drop."""
+        learners = self.learners if learners is None else learners
+        pending = set(self.promote) if promote is None else promote
+        return Membership(
+            voters=dict(self.voters if voters is None else voters),
+            learners=dict(learners),
+            promote=tuple(sorted(pending & learners.keys())),
+        )
+
     def encode(self) -> bytes:
         """Stable bytes for a CONFIG entry or snapshot metadata (stdlib json)."""
-        return json.dumps(
-            {"voters": self.voters, "learners": self.learners}, sort_keys=True
-        ).encode()
+        raw: dict[str, Any] = {"voters": self.voters, "learners": self.learners}
+        if self.promote:  # absent when empty: configurations without it encode as before
+            raw["promote"] = list(self.promote)
+        return json.dumps(raw, sort_keys=True).encode()
 
     @staticmethod
     def decode(data: bytes) -> Membership:
@@ -80,7 +101,14 @@ class Membership:
                 isinstance(k, str) and k and isinstance(v, str) for k, v in part.items()
             ):
                 raise ValueError("membership maps node ids (str) to addresses (str)")
-        return Membership(voters=dict(voters), learners=dict(learners))
+        promote = raw.get("promote", [])
+        if not isinstance(promote, list) or not all(
+            isinstance(p, str) and p in learners for p in promote
+        ):
+            raise ValueError("membership promote lists learners awaiting promotion")
+        return Membership(
+            voters=dict(voters), learners=dict(learners), promote=tuple(sorted(set(promote)))
+        )
 
 
 @dataclass(frozen=True, slots=True)
