@@ -68,6 +68,39 @@ from zraft.transport import Transport
 
 _WAKE = b"w"
 _PROMOTE_SLACK = 64  #: a learner within this many entries of commit counts as caught up
+
+
+class _CommitHistory:
+    """Recent (time, commit index) samples on a leader: how far behind in *time* a
+    learner is. Under steady load a healthy learner trails the commit index by the
+    entries in flight, often thousands, so an entry count alone kept it a learner until
+    the load paused; what matters (dissertation 4.2.1) is that it is less than a round
+    of replication behind, so that as a voter it does not stall commits."""
+
+    def __init__(self, window_s: float) -> None:
+        assert window_s > 0
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, commit: int) -> None:
+        self._samples.append((now, commit))
+        # keep one sample at or before the window's start: the commit index back then
+        while len(self._samples) > 1 and self._samples[1][0] <= now - self.window_s:
+            self._samples.popleft()
+
+    def clear(self) -> None:
+        self._samples.clear()
+
+    def caught_up(self, match: int, commit: int, now: float) -> bool:
+        """Within a few entries of commit, or holding all that was committed window_s ago."""
+        if commit - match <= _PROMOTE_SLACK:
+            return True
+        if not self._samples:
+            return False
+        then, old_commit = self._samples[0]
+        return then <= now - self.window_s and match >= old_commit
+
+
 _NO_RESULT = object()
 
 
@@ -237,6 +270,8 @@ class Node:
         self._snapshot_waiters: list[tuple[int, Deliver]] = []
         #: learners to promote once caught up -> log index they must hold first
         self._promote: dict[str, int] = {}
+        #: half the shortest election timeout: a learner this close may vote
+        self._commits = _CommitHistory(config.election_ticks * config.tick_ms / 2000)
         #: peer addresses learned while joining, before our log holds any membership
         self._join_peers: dict[str, str] = {}
         self._join_marker = False  #: the storage's "joining" file exists (see _open)
@@ -1444,11 +1479,13 @@ class Node:
         self._promote.pop(node_id, None)
         self._propose_membership(m.with_changes(voters=voters, learners=learners), deliver)
 
-    def _maybe_promote(self) -> None:
+    def _maybe_promote(self, now: float) -> None:
         """Promote learners the configuration marks for it once they have caught up."""
         m = self.core.membership
         if self.core.role != Role.LEADER or not (m.promote or self._promote):
+            self._commits.clear()
             return
+        self._commits.add(now, self.core.commit)
         for node_id in set(self._promote) - set(m.promote):
             self._promote.pop(node_id)  # promoted, removed, or never marked
         status = self.core.status()
@@ -1459,7 +1496,7 @@ class Node:
             if (
                 progress is None
                 or progress.match < self._promote[node_id]
-                or status.commit - progress.match > _PROMOTE_SLACK
+                or not self._commits.caught_up(progress.match, status.commit, now)
             ):
                 continue
             voters = {**m.voters, node_id: m.learners[node_id]}
@@ -1557,7 +1594,7 @@ class Node:
     def _housekeeping(self, now: float) -> None:
         self._last_status = self._status()  # what status() answers while we cannot
         self._expire(now)
-        self._maybe_promote()
+        self._maybe_promote(now)
 
     def _expire(self, now: float) -> None:
         expired = [i for i, p in self._pending.items() if p.deadline < now]
