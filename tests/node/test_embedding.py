@@ -484,6 +484,7 @@ def test_a_pending_promotion_survives_a_leader_change(
 
 def test_promotion_marks_follow_add_and_remove(trio: list[zraft.Node]) -> None:
     leader = _wait_leader(trio)
+    assert leader.apply("add", 1) == 1  # this term's no-op is committed: changes may start
     addr = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     leader.add_member("n5", addr, voter=False, timeout=10)
     assert (leader.status()["learners"], leader.status()["promoting"]) == (["n5"], [])
