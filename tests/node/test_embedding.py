@@ -91,6 +91,16 @@ def _wait_leader(nodes: list[zraft.Node], timeout_s: float = 20.0) -> zraft.Node
     raise AssertionError("no leader elected")
 
 
+def _wait_until(done: Any, what: str, timeout_s: float = 20.0) -> None:
+    """Poll a condition of running nodes (process-level: a bound, not a sleep to sync)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def test_single_node_commands_queries_errors_and_events(tmp_path: Path) -> None:
     events: list[Any] = []
     sm = Counter()
@@ -352,7 +362,6 @@ def test_a_leader_commits_while_its_own_flush_hangs_and_flushes_before_following
     any append."""
     trio = async_trio
     import os
-    import time
 
     from zraft.core import AppendResponse
 
@@ -374,19 +383,14 @@ def test_a_leader_commits_while_its_own_flush_hangs_and_flushes_before_following
         assert gate.held.is_set(), "while the leader's own flush was still held"
         new = next(n for n in trio if n is not old)
         old.transfer_leadership(new.config.node_id, timeout=10)
-        deadline = time.monotonic() + 20
-        while new.status()["role"] != "leader":
-            assert time.monotonic() < deadline, "the transfer did not complete"
-            time.sleep(0.02)
+        _wait_until(lambda: new.status()["role"] == "leader", "the transfer did not complete")
         assert new.apply("add", 4, timeout=10) == 7, "the third node makes the majority"
         assert not sent_early, "a deposed leader acknowledged appends before its flush"
     finally:
         gate.release.set()
     assert new.apply("add", 0, timeout=10) == 7
-    deadline = time.monotonic() + 20
-    while old.status()["applied"] < new.status()["applied"]:
-        assert time.monotonic() < deadline, "the old leader did not catch up"
-        time.sleep(0.02)
+    caught_up = lambda: old.status()["applied"] >= new.status()["applied"]  # noqa: E731
+    _wait_until(caught_up, "the old leader did not catch up")
 
 
 def test_by_default_a_leader_flushes_inline(trio: list[zraft.Node]) -> None:
@@ -449,7 +453,6 @@ def test_a_pending_promotion_survives_a_leader_change(
     """add_member(voter=True) marks the learner for promotion in the configuration: a
     leader elected before the learner caught up still promotes it. (A ``--join`` node
     also keeps asking; here n4 only learns its peers, so the mark alone must do it.)"""
-    import time
 
     old = _wait_leader(trio)
     assert old.apply("add", 1) == 1
@@ -458,10 +461,7 @@ def test_a_pending_promotion_survives_a_leader_change(
     assert old.status()["promoting"] == ["n4"]
     new = next(n for n in trio if n is not old)
     old.transfer_leadership(new.config.node_id, timeout=10)
-    deadline = time.monotonic() + 20
-    while new.status()["role"] != "leader":
-        assert time.monotonic() < deadline, "the transfer did not complete"
-        time.sleep(0.02)
+    _wait_until(lambda: new.status()["role"] == "leader", "the transfer did not complete")
     assert new.status()["promoting"] == ["n4"], "the mark is in the configuration"
     peers = {n.config.node_id: n.config.address for n in trio}
     cfg = zraft.Config(node_id="n4", bind=addr, data_dir=str(tmp_path / "n4"), join=addr)
@@ -470,16 +470,12 @@ def test_a_pending_promotion_survives_a_leader_change(
         lambda: n4._learn_join_peers(peers)
     )
     with n4:
-        deadline = time.monotonic() + 30
-        while "n4" not in new.status()["voters"]:
-            assert time.monotonic() < deadline, f"n4 never promoted: {new.status()}"
-            time.sleep(0.05)
+        _wait_until(lambda: "n4" in new.status()["voters"], "n4 never promoted", 30)
         assert new.status()["promoting"] == []
         assert new.apply("add", 1) == 2
-        deadline = time.monotonic() + 20
-        while n4.status()["applied"] < new.status()["applied"]:
-            assert time.monotonic() < deadline, "n4 did not catch up"
-            time.sleep(0.02)
+        _wait_until(
+            lambda: n4.status()["applied"] >= new.status()["applied"], "n4 did not catch up"
+        )
 
 
 def test_promotion_marks_follow_add_and_remove(trio: list[zraft.Node]) -> None:
