@@ -10,7 +10,7 @@ import pytest
 from conftest import all_entries, ents
 from structlog.testing import capture_logs
 
-from zraft.core.types import HardState, Membership
+from zraft.core.types import Entry, EntryType, HardState, Membership
 from zraft.storage import (
     CorruptHardState,
     CorruptLog,
@@ -111,6 +111,32 @@ def test_flip_in_middle_of_tail_segment_is_corrupt(data_dir: Path) -> None:
     repair(data_dir)
     with Storage.open(data_dir) as st:
         assert all_entries(st) == ents(1, 1, 11)
+
+
+def test_any_flipped_header_bit_in_the_tail_segment_is_corrupt_not_torn(
+    data_dir: Path,
+) -> None:
+    """A flip in a record's length field made the record seem to run past the end (or to
+    end early, in garbage): opened as a torn tail, acknowledged entries were cut. Every
+    bit of a mid-segment header must be refused instead."""
+    with Storage.open(data_dir, segment_bytes=1 << 20) as st:
+        st.append([Entry(1, i, EntryType.NORMAL, bytes(range(i % 200))) for i in range(1, 51)])
+        st.sync()
+    tail = segments(data_dir)[-1]
+    pristine = tail.read_bytes()
+    bad = record_offsets(tail)[20]
+    silently_cut = []
+    for byte in range(rec.REC_HDR_BYTES):
+        for bit in range(8):
+            tail.write_bytes(pristine)
+            flip(tail, bad + byte, bit)
+            try:
+                Storage.open(data_dir, segment_bytes=1 << 20).close()
+            except CorruptLog as exc:
+                assert exc.offset == bad
+            else:
+                silently_cut.append((byte, bit))
+    assert silently_cut == []
 
 
 def test_truncated_sealed_segment_is_corrupt(data_dir: Path) -> None:
