@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zraft.errors import ConfigError
+from zraft.sessions import MAX_SESSION_WINDOW, MAX_SESSIONS
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 ADDR_RE = re.compile(r"^(tcp://[^\s]+:\d{1,5}|ipc://\S+|inproc://\S+)$")
@@ -111,6 +112,10 @@ class Config:
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be > 0")
+        if self.session_window > MAX_SESSION_WINDOW or self.max_sessions > MAX_SESSIONS:
+            raise ConfigError(
+                f"session_window must be <= {MAX_SESSION_WINDOW}, max_sessions <= {MAX_SESSIONS}"
+            )
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError("heartbeat_ticks must be smaller than election_ticks")
         if self.snapshot_entries < 0 or self.snapshot_trailing < 0:

@@ -17,7 +17,7 @@ import random
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +62,7 @@ from zraft.errors import (
 from zraft.events import Event, EventBus
 from zraft.kv import KV
 from zraft.protocol import ClientReply, ClientRequest
+from zraft.sessions import SessionLimits, SessionTable, Stale
 from zraft.statemachine import StateMachine
 from zraft.storage import Storage, StorageFailed
 from zraft.transport import Transport
@@ -175,15 +176,6 @@ def _wire_safe(out: Outcome) -> Outcome:
     return out
 
 
-class _Session:
-    """Remembered results of one client, for exactly-once retries (deterministic on every node)."""
-
-    __slots__ = ("results",)
-
-    def __init__(self) -> None:
-        self.results: OrderedDict[int, tuple[bool, Any, str, str]] = OrderedDict()
-
-
 class _LoopInbox:
     """Outcomes bound for one asyncio loop's futures: one thread-safe wake-up per batch.
 
@@ -256,7 +248,8 @@ class Node:
         self._reads_by_ctx: dict[bytes, list[_Read]] = {}
         self._reads_waiting: deque[tuple[int, list[_Read]]] = deque()
         self._read_ctx = itertools.count(1)
-        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        #: cluster-wide limits arrive with each leader's no-op; ours apply until then
+        self._sessions = SessionTable(SessionLimits(config.session_window, config.max_sessions))
         self._applied = 0
         self._applied_term = 0
         self._applied_membership = Membership()
@@ -543,6 +536,7 @@ class Node:
             max_msg_bytes=cfg.max_msg_bytes,
             max_inflight_msgs=cfg.max_inflight_msgs,
             snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
+            leader_noop_data=SessionLimits(cfg.session_window, cfg.max_sessions).encode(),
             seed=seed & 0xFFFFFFFF,
         )
         self.core = core_raft.Raft(core_cfg, self.storage, applied=self._applied)
@@ -1134,6 +1128,8 @@ class Node:
                 outcome = self._apply_command(e)
             elif e.type == EntryType.CONFIG:
                 self._apply_config(Membership.decode(e.data))
+            else:
+                self._apply_noop(e)
             self._applied, self._applied_term = e.index, e.term
             pending = self._pending.pop(e.index, None)
             if pending is not None:
@@ -1160,23 +1156,15 @@ class Node:
         except codec.DecodeError as exc:
             self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
             return Outcome(False, error="bad_request", message=str(exc))
-        session = None
-        if client_id and seq:
-            session = self._sessions.get(client_id)
-            if session is None:
-                session = self._sessions[client_id] = _Session()
-                if len(self._sessions) > self.config.max_sessions:
-                    self._sessions.popitem(last=False)
-            self._sessions.move_to_end(client_id)
-            seen = session.results.get(seq)
-            if seen is not None:
-                return Outcome(seen[0], seen[1], seen[2], seen[3])
-            if session.results and seq < next(iter(session.results)):
-                return Outcome(
-                    False,
-                    error="unknown_outcome",
-                    message="sequence number older than the session window",
-                )
+        remembered = self._sessions.begin(client_id, seq) if client_id and seq else None
+        if isinstance(remembered, Stale):
+            return Outcome(
+                False,
+                error="unknown_outcome",
+                message="sequence number older than the session window",
+            )
+        if remembered is not None:
+            return Outcome(*remembered)
         handler = self.sm.command_handler(name)
         if handler is None:
             out = Outcome(False, error="no_such_command", message=f"no command named {name!r}")
@@ -1185,12 +1173,28 @@ class Node:
                 out = Outcome(True, handler(*args))
             except Exception as exc:  # the handler's error goes back to the caller
                 out = Outcome(False, error="app_error", message=f"{type(exc).__name__}: {exc}")
-        if session is not None:
+        if client_id and seq:
             out = _wire_safe(out)  # a remote caller's result must survive msgpack and snapshots
-            session.results[seq] = (out.ok, out.result, out.error, out.message)
-            while len(session.results) > self.config.session_window:
-                session.results.popitem(last=False)
+            self._sessions.record(client_id, seq, (out.ok, out.result, out.error, out.message))
         return out
+
+    def _apply_noop(self, e: Entry) -> None:
+        """A leader's no-op carries its session limits: every node adopts them here."""
+        if not e.data:
+            return  # written before limits travelled in the log
+        try:
+            limits = SessionLimits.decode(e.data)
+        except codec.DecodeError as exc:
+            self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
+            return
+        if limits != self._sessions.limits:
+            self.log.info(
+                "session_limits",
+                index=e.index,
+                session_window=limits.window,
+                max_sessions=limits.max_sessions,
+            )
+            self._sessions.set_limits(limits)
 
     def _apply_config(self, membership: Membership) -> None:
         prev = self._applied_membership
@@ -1208,18 +1212,8 @@ class Node:
     # ------------------------------------------------------------------ snapshots
 
     def _snapshot_blob(self) -> bytes:
-        sessions = [(cid, list(s.results.items())) for cid, s in self._sessions.items()]
-        packed: bytes = msgpack.packb(sessions, use_bin_type=True)
+        packed = self._sessions.pack()
         return struct.pack(">Q", len(packed)) + packed
-
-    def _restore_sessions(self, blob: bytes) -> None:
-        self._sessions = OrderedDict()
-        for cid, results in msgpack.unpackb(blob, raw=False, strict_map_key=False):
-            s = _Session()
-            for seq, res in results:
-                ok, result, error, message = res
-                s.results[seq] = (bool(ok), result, str(error), str(message))
-            self._sessions[cid] = s
 
     def _load_snapshot(self, meta: SnapshotMeta) -> None:
         """Stream a snapshot into the state machine: sessions header first, then user chunks."""
@@ -1230,7 +1224,7 @@ class Node:
             if len(buf) >= 8 and len(buf) >= 8 + struct.unpack_from(">Q", buf)[0]:
                 break
         (n,) = struct.unpack_from(">Q", buf)
-        self._restore_sessions(buf[8 : 8 + n])
+        self._sessions.restore(buf[8 : 8 + n])
         rest = buf[8 + n :]
 
         def user_chunks() -> Iterator[bytes]:
@@ -1632,6 +1626,12 @@ class Node:
             "address": self.config.address,
             "storage_error": self._storage_error,
             "pending": len(self._pending),
+            # the cluster-wide limits in force (a leader's no-op set them), not our config's
+            "sessions": {
+                "clients": len(self._sessions),
+                "session_window": self._sessions.limits.window,
+                "max_sessions": self._sessions.limits.max_sessions,
+            },
             "peers": {
                 nid: {"match": p.match, "next": p.next, "state": str(p.state)}
                 for nid, p in s.progress.items()

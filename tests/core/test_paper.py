@@ -289,6 +289,19 @@ def test_5_4_2_new_leader_appends_a_noop_in_its_term() -> None:
     assert [(e.term, e.index, e.type) for e in rd.entries] == [(2, 2, EntryType.NOOP)]
 
 
+def test_the_noop_carries_the_drivers_payload_to_every_follower() -> None:
+    """The node puts cluster-wide settings (session limits) in its no-op; the core only
+    ships the bytes, in the entry every follower must accept before this term's others."""
+    r = make(log=[(1, 1)], term=1, leader_noop_data=b"limits")
+    elect(r)
+    rd = drive(r)
+    assert [(e.type, e.data) for e in rd.entries] == [(EntryType.NOOP, b"limits")]
+    appends = [m for m in rd.messages if isinstance(m, AppendEntries)]
+    assert appends and all(
+        [(e.type, e.data) for e in m.entries] == [(EntryType.NOOP, b"limits")] for m in appends
+    )
+
+
 def test_persist_before_send_vote_and_hard_state_share_a_ready() -> None:
     """A vote leaves only in the same Ready as the hard state that records it."""
     r = make()

@@ -55,13 +55,19 @@ def trio(tmp_path: Path) -> Iterator[list[zraft.Node]]:
     yield from _trio(tmp_path)
 
 
-def _trio(tmp_path: Path, **options: Any) -> Iterator[list[zraft.Node]]:
+def _trio(
+    tmp_path: Path, per_node: dict[str, dict[str, Any]] | None = None, **options: Any
+) -> Iterator[list[zraft.Node]]:
     ports = free_ports(3)
     peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
     nodes = [
         zraft.Node(
             zraft.Config(
-                node_id=nid, bind=addr, peers=peers, data_dir=str(tmp_path / nid), **options
+                node_id=nid,
+                bind=addr,
+                peers=peers,
+                data_dir=str(tmp_path / nid),
+                **(options | (per_node or {}).get(nid, {})),
             ),
             Counter(),
         )
@@ -490,3 +496,62 @@ def test_promotion_marks_follow_add_and_remove(trio: list[zraft.Node]) -> None:
     leader.add_member("n5", addr, voter=True, timeout=10)  # idempotent too
     leader.remove_member("n5", timeout=10)
     assert (leader.status()["learners"], leader.status()["promoting"]) == ([], [])
+
+
+def test_session_limits_are_the_leaders_on_every_node(tmp_path: Path) -> None:
+    """Nodes configured with different session limits still trim their session tables
+    alike: each leader's no-op carries its limits, a snapshot the ones in force. (Before,
+    each node kept its own max_sessions clients, and exactly-once answers diverged.)"""
+    limits = {"n1": (4, 3), "n2": (8, 5), "n3": (16, 7)}
+    per_node = {
+        nid: {"session_window": w, "max_sessions": m, "snapshot_entries": 0}
+        for nid, (w, m) in limits.items()
+    }
+    cluster = _trio(tmp_path, per_node=per_node)
+    nodes = next(cluster)
+    endpoints = [n.config.address for n in nodes]
+
+    def all_have(clients: int, leader: zraft.Node) -> bool:
+        w, m = limits[leader.config.node_id]
+        want = {"clients": clients, "session_window": w, "max_sessions": m}
+        return all(n.status()["sessions"] == want for n in nodes)
+
+    try:
+        leader = _wait_leader(nodes)
+        for _ in range(10):  # more clients than any node's max_sessions
+            with zraft.Client(endpoints) as c:
+                c.apply("add", 1)
+        clients = limits[leader.config.node_id][1]
+        _wait_until(lambda: all_have(clients, leader), "nodes disagree on the sessions")
+
+        new = next(n for n in nodes if n is not leader)
+        leader.transfer_leadership(new.config.node_id, timeout=10)
+        _wait_until(lambda: new.status()["role"] == "leader", "the transfer did not complete")
+        with zraft.Client(endpoints) as c:
+            c.apply("add", 1)
+        clients = min(clients + 1, limits[new.config.node_id][1])
+        _wait_until(lambda: all_have(clients, new), "the new leader's limits were not adopted")
+
+        # a follower restored from its snapshot, configured otherwise, still agrees
+        i, follower = next((i, n) for i, n in enumerate(nodes) if n is not new)
+        follower.take_snapshot(timeout=10)
+        follower.stop()
+        cfg = follower.config
+        nodes[i] = zraft.Node(
+            zraft.Config(
+                node_id=cfg.node_id,
+                bind=cfg.bind,
+                peers=cfg.peers,
+                data_dir=cfg.data_dir,
+                session_window=99,
+                max_sessions=99,
+            ),
+            Counter(),
+        )
+        nodes[i].start()
+        assert nodes[i].status()["sessions"]["max_sessions"] == limits[new.config.node_id][1]
+        _wait_until(lambda: all_have(clients, new), "the restored follower disagrees")
+    finally:
+        cluster.close()
+        for n in nodes:
+            n.stop()

@@ -84,6 +84,9 @@ class CoreConfig:
     max_inflight_msgs: int = 64
     max_uncommitted_bytes: int = 64 << 20  # propose() raises ProposalDropped beyond this
     snapshot_chunk_bytes: int = 1 << 20
+    #: opaque payload of each new leader's no-op entry: the node carries cluster-wide
+    #: settings in it (see zraft.sessions); the core never reads it
+    leader_noop_data: bytes = b""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -92,6 +95,7 @@ class CoreConfig:
         assert self.max_msg_entries > 0 and self.max_msg_bytes > 0
         assert self.max_inflight_msgs > 0 and self.snapshot_chunk_bytes > 0
         assert self.max_uncommitted_bytes > 0
+        assert len(self.leader_noop_data) <= self.max_msg_bytes, "a no-op fits in a message"
         assert not self.lease_reads or self.check_quorum, "lease reads need check_quorum"
 
 
@@ -350,7 +354,7 @@ class Raft:
         me = self._prs[self._id]
         me.match = self.log.stable_index()
         me.next = me.match + 1
-        self._append_local([(EntryType.NOOP, b"")])
+        self._append_local([(EntryType.NOOP, self.config.leader_noop_data)])
         self._bcast_append()
 
     # ------------------------------------------------------------------ tick

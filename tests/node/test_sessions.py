@@ -1,0 +1,119 @@
+"""The session table alone: exactly-once answers, deterministic trimming, limits as data."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from zraft.codec import DecodeError
+from zraft.config import Config
+from zraft.errors import ConfigError
+from zraft.sessions import (
+    MAX_SESSION_WINDOW,
+    STALE,
+    SessionLimits,
+    SessionTable,
+)
+
+
+def _ok(n: int) -> tuple[bool, int, str, str]:
+    return (True, n, "", "")
+
+
+def _run(table: SessionTable, cid: bytes, seq: int) -> object:
+    """What the node does: answer from the table, else 'apply' and record."""
+    seen = table.begin(cid, seq)
+    if seen is None:
+        table.record(cid, seq, _ok(seq * 10))
+        return "applied"
+    return seen
+
+
+def test_a_retried_sequence_number_gets_the_first_result() -> None:
+    t = SessionTable(SessionLimits(window=4, max_sessions=10))
+    assert _run(t, b"a", 1) == "applied"
+    assert _run(t, b"a", 1) == _ok(10)
+    assert _run(t, b"b", 1) == "applied"  # sessions are per client
+
+
+def test_the_window_forgets_the_oldest_and_calls_older_ones_stale() -> None:
+    t = SessionTable(SessionLimits(window=3, max_sessions=10))
+    for seq in range(1, 6):
+        _run(t, b"a", seq)
+    assert [s for s, _ in t.results(b"a")] == [3, 4, 5]
+    assert t.begin(b"a", 2) is STALE
+    assert t.begin(b"a", 4) == _ok(40)
+
+
+def test_the_least_recently_active_client_goes_first() -> None:
+    t = SessionTable(SessionLimits(window=4, max_sessions=2))
+    _run(t, b"a", 1)
+    _run(t, b"b", 1)
+    _run(t, b"a", 2)  # a is now the most recent
+    _run(t, b"c", 1)
+    assert len(t) == 2
+    assert t.results(b"b") == [] and t.results(b"a") and t.results(b"c")
+
+
+def test_shrinking_limits_trims_at_once_and_the_same_way_everywhere() -> None:
+    tables = [SessionTable(SessionLimits(window=8, max_sessions=8)) for _ in range(2)]
+    for t in tables:
+        for cid in (b"a", b"b", b"c"):
+            for seq in range(1, 7):
+                _run(t, cid, seq)
+    tables[0].set_limits(SessionLimits(window=2, max_sessions=2))
+    tables[1].restore(tables[1].pack())  # a round trip through a snapshot changes nothing
+    tables[1].set_limits(SessionLimits(window=2, max_sessions=2))
+    assert tables[0].pack() == tables[1].pack()
+    assert len(tables[0]) == 2 and tables[0].results(b"a") == []
+    assert [s for s, _ in tables[0].results(b"c")] == [5, 6]
+
+
+def test_a_snapshot_carries_the_limits_in_force() -> None:
+    t = SessionTable(SessionLimits(window=5, max_sessions=7))
+    _run(t, b"a", 1)
+    other = SessionTable(SessionLimits())
+    other.restore(t.pack())
+    assert other.limits == SessionLimits(window=5, max_sessions=7)
+    assert other.results(b"a") == [(1, _ok(10))]
+
+
+def test_a_snapshot_from_before_limits_travelled_keeps_ours() -> None:
+    old_format = msgpack.packb([(b"a", [(1, [True, 10, "", ""])])], use_bin_type=True)
+    t = SessionTable(SessionLimits(window=9, max_sessions=9))
+    t.restore(old_format)
+    assert t.limits == SessionLimits(window=9, max_sessions=9)
+    assert t.begin(b"a", 1) == _ok(10)
+
+
+def test_limits_round_trip_and_garbage_is_a_decode_error() -> None:
+    lim = SessionLimits(window=17, max_sessions=3)
+    assert SessionLimits.decode(lim.encode()) == lim
+    bad = [
+        b"",
+        b"\xc1",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"session_window": 0, "max_sessions": 1}),
+        msgpack.packb({"session_window": MAX_SESSION_WINDOW + 1, "max_sessions": 1}),
+        msgpack.packb({"session_window": 1, "max_sessions": "x"}),
+        msgpack.packb({"session_window": True, "max_sessions": 1}),
+    ]
+    for data in bad:
+        with pytest.raises(DecodeError):
+            SessionLimits.decode(data)
+
+
+def test_config_rejects_limits_no_node_could_carry() -> None:
+    def cfg(window: int = 256, count: int = 10) -> Config:
+        return Config(
+            node_id="n1",
+            bind="tcp://127.0.0.1:1",
+            data_dir="unused",
+            session_window=window,
+            max_sessions=count,
+        )
+
+    with pytest.raises(ConfigError, match="session_window"):
+        cfg(window=MAX_SESSION_WINDOW + 1).validate()
+    with pytest.raises(ConfigError, match="max_sessions"):
+        cfg(count=0).validate()

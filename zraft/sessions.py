@@ -1,0 +1,147 @@
+"""Client sessions: remembered results that make a retried command take effect once.
+
+Every node applies the same entries in the same order, so every node builds the same table
+— but only if every node also trims it with the same limits. A node's configured limits
+are therefore only a proposal: each new leader writes its limits into its term's no-op
+entry (:meth:`SessionLimits.encode`), and every node adopts them when it applies that
+entry. A snapshot carries the limits in force, so a node restored from one agrees too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from zraft.codec import DecodeError
+
+#: Upper bounds on the limits themselves (Config.validate and decode both enforce them).
+MAX_SESSION_WINDOW: Final = 1 << 16
+MAX_SESSIONS: Final = 1 << 20
+
+#: (ok, result, error, message) of one applied command, as the client saw it
+Result = tuple[bool, Any, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """How much the session table remembers; the same on every node at a given index."""
+
+    window: int = 256  #: results kept per client (its newest sequence numbers)
+    max_sessions: int = 10_000  #: clients kept; the least recently active goes first
+
+    def __post_init__(self) -> None:
+        assert 0 < self.window <= MAX_SESSION_WINDOW, self.window
+        assert 0 < self.max_sessions <= MAX_SESSIONS, self.max_sessions
+
+    def encode(self) -> bytes:
+        """The payload of a leader's no-op entry."""
+        packed: bytes = msgpack.packb(
+            {"session_window": self.window, "max_sessions": self.max_sessions}
+        )
+        return packed
+
+    @classmethod
+    def decode(cls, data: bytes) -> SessionLimits:
+        """Inverse of :meth:`encode`; DecodeError on anything else."""
+        try:
+            raw = msgpack.unpackb(data, raw=False)
+        except Exception as exc:  # msgpack raises several types for garbage
+            raise DecodeError("bad_limits", type(exc).__name__) from exc
+        if type(raw) is not dict:
+            raise DecodeError("bad_limits", "not a map")
+        window, count = raw.get("session_window"), raw.get("max_sessions")
+        if type(window) is not int or not 0 < window <= MAX_SESSION_WINDOW:
+            raise DecodeError("bad_limits", f"session_window {window!r}"[:64])
+        if type(count) is not int or not 0 < count <= MAX_SESSIONS:
+            raise DecodeError("bad_limits", f"max_sessions {count!r}"[:64])
+        return cls(window, count)
+
+
+class Stale:
+    """The sequence number fell out of the window: its outcome is forgotten."""
+
+
+STALE: Final = Stale()
+
+
+class SessionTable:
+    """Per-client remembered results, trimmed deterministically (LRU clients, oldest seqs)."""
+
+    def __init__(self, limits: SessionLimits) -> None:
+        self._limits = limits
+        self._sessions: OrderedDict[bytes, OrderedDict[int, Result]] = OrderedDict()
+
+    @property
+    def limits(self) -> SessionLimits:
+        return self._limits
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def begin(self, client_id: bytes, seq: int) -> Result | Stale | None:
+        """Open (or touch) the client's session; its remembered result for ``seq``, if any.
+
+        None means: run the command, then :meth:`record` its result."""
+        assert client_id and seq > 0
+        results = self._sessions.get(client_id)
+        if results is None:
+            results = self._sessions[client_id] = OrderedDict()
+            if len(self._sessions) > self._limits.max_sessions:
+                self._sessions.popitem(last=False)
+        self._sessions.move_to_end(client_id)
+        seen = results.get(seq)
+        if seen is not None:
+            return seen
+        if results and seq < next(iter(results)):
+            return STALE
+        return None
+
+    def record(self, client_id: bytes, seq: int, result: Result) -> None:
+        """Remember the result of a command :meth:`begin` let run."""
+        results = self._sessions[client_id]
+        results[seq] = result
+        while len(results) > self._limits.window:
+            results.popitem(last=False)
+
+    def set_limits(self, limits: SessionLimits) -> None:
+        """Adopt the limits of an applied no-op entry, trimming at once if they shrank."""
+        self._limits = limits
+        while len(self._sessions) > limits.max_sessions:
+            self._sessions.popitem(last=False)
+        for results in self._sessions.values():
+            while len(results) > limits.window:
+                results.popitem(last=False)
+
+    def pack(self) -> bytes:
+        """The table and its limits, for a snapshot."""
+        packed: bytes = msgpack.packb(
+            {
+                "limits": [self._limits.window, self._limits.max_sessions],
+                "sessions": [(cid, list(r.items())) for cid, r in self._sessions.items()],
+            },
+            use_bin_type=True,
+        )
+        return packed
+
+    def restore(self, data: bytes) -> None:
+        """Replace the table with a packed one (a bare list: a snapshot from before limits
+        were carried, which keeps the current limits)."""
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if type(raw) is dict:
+            self._limits = SessionLimits(*raw["limits"])
+            sessions = raw["sessions"]
+        else:
+            sessions = raw
+        self._sessions = OrderedDict()
+        for cid, results in sessions:
+            table: OrderedDict[int, Result] = OrderedDict()
+            for seq, (ok, result, error, message) in results:
+                table[seq] = (bool(ok), result, str(error), str(message))
+            self._sessions[cid] = table
+
+    def results(self, client_id: bytes) -> list[tuple[int, Result]]:
+        """A client's remembered (seq, result) pairs, oldest first (for tests and tools)."""
+        return list(self._sessions.get(client_id, {}).items())
