@@ -278,7 +278,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
         removed = f"; removed {', '.join(cut.removed_files)}" if cut.removed_files else ""
         print(f"cut {cut.path} at byte {cut.offset}: {cut.reason}{removed}")
     if report.log_reset:
-        print("the log did not meet the snapshot: it was dropped; the node will catch up")
+        print(
+            "the log did not meet a valid snapshot: it was dropped; the node will catch up"
+            " from the leader"
+        )
     if report.hard_state_error:
         state = "rewritten (UNSAFE)" if report.hard_state_reset else "left as is"
         print(f"hard state unreadable: {report.hard_state_error}; {state}")

@@ -195,6 +195,31 @@ def test_corrupt_hard_state_names_the_file(data_dir: Path) -> None:
         assert all_entries(st) == ents(3, 1, 10)
 
 
+def test_a_compacted_log_whose_only_snapshot_is_corrupt_is_refused(data_dir: Path) -> None:
+    """Opening it used to warn and go on: the node then applied entries 21.. to an empty
+    state machine, silently diverging. Now it refuses; repair drops the log so the node
+    starts empty and is caught up by its leader (snapshot included)."""
+    with Storage.open(data_dir, **SMALL) as st:
+        st.append(ents(1, 1, 60))
+        st.sync()
+        st.set_hard_state(HardState(2, "a"))
+        st.write_snapshot(30, 1, Membership(voters={"a": "1"}), [b"state" * 50])
+        st.compact(30)
+        first = st.first_index()
+        assert first > 1
+    snap = next((data_dir / "snapshots").glob("*.snap"))
+    flip(snap, 100)
+    with pytest.raises(CorruptLog, match=f"log starts at index {first} but no valid snapshot"):
+        Storage.open(data_dir, **SMALL)
+    with pytest.raises(CorruptLog):  # set aside as .corrupt, it still cannot be trusted
+        Storage.open(data_dir, **SMALL)
+    report = repair(data_dir)
+    assert report.log_reset and report.ok
+    with Storage.open(data_dir, **SMALL) as st:
+        assert (st.first_index(), st.last_index(), st.snapshot_meta()) == (1, 0, None)
+        assert st.initial_state()[0] == HardState(2, "a")  # the vote is kept
+
+
 def test_corrupt_newest_snapshot_falls_back_to_older(data_dir: Path) -> None:
     m1, m2 = Membership(voters={"a": "1"}), Membership(voters={"a": "2"})
     with Storage.open(data_dir, **SMALL) as st:

@@ -24,7 +24,7 @@ structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # 
 sys.path.insert(0, sys.argv[3])
 sys.path.insert(0, sys.argv[4])
 from conftest import payload
-from zraft.core.types import Entry, EntryType
+from zraft.core.types import Entry, EntryType, Membership
 from zraft.storage import Storage
 from zraft.storage import log as seglog
 
@@ -42,14 +42,18 @@ def put(lo, n, term):
 print("R", flush=True)
 while True:
     r, last, first = rng.random(), st.last_index(), st.first_index()
-    if r < 0.1 and last >= first:
+    snap = st.snapshot_meta()
+    floor = max(first, snap.index + 1 if snap else 1)  # a snapshot's entries are committed
+    if r < 0.1 and last >= floor:
         term += 1
-        at = max(first, last - rng.randint(0, 150))
+        at = max(floor, last - rng.randint(0, 150))
         print("T", at, flush=True)
         put(at, rng.randint(1, 30), term)
     elif r < 0.14 and last > 300:
         c = last - rng.randint(100, 300)
         print("C", c, flush=True)
+        if c >= floor:
+            st.write_snapshot(c, st.term(c), Membership(), [b"state"])
         st.compact(c)
     else:
         put(last + 1, rng.choice([1, 7, 60]), term)

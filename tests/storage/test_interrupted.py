@@ -51,6 +51,7 @@ def test_partially_deleted_prefix_from_compaction_opens(data_dir: Path) -> None:
     with Storage.open(data_dir, **SMALL) as st:
         st.append(ents(1, 1, 100))
         st.sync()
+        st.write_snapshot(60, 1, Membership(), [b"state"])  # what compaction starts from
     segs = segments(data_dir)
     for p in segs[:2]:  # oldest first: a crash leaves a contiguous suffix
         p.unlink()

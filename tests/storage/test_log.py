@@ -142,6 +142,9 @@ def test_compaction_deletes_whole_segments_only(data_dir: Path) -> None:
     st.sync()
     before = st.segment_count()
     st.compact(50)
+    assert st.first_index() == 1, "no snapshot holds the state before 50: nothing goes"
+    st.write_snapshot(50, 1, Membership(), [b"state"])
+    st.compact(50)
     first = st.first_index()
     assert 2 <= first <= 51
     assert st.segment_count() < before
@@ -151,6 +154,8 @@ def test_compaction_deletes_whole_segments_only(data_dir: Path) -> None:
     with pytest.raises(Compacted):
         st.entries(first - 1, first + 1, 100)
     assert all_entries(st) == ents(1, first, 100)
+    st.write_snapshot(98, 1, Membership(), [b"state"])
+    st.write_snapshot(99, 1, Membership(), [b"state"])  # two kept: the one at 50 goes
     st.compact(10_000)  # the active segment always stays
     assert st.last_index() == 99 and st.segment_count() == 1
     st = reopen(st)
@@ -288,6 +293,7 @@ def test_compaction_unlinks_on_a_helper_thread_oldest_first(
         unlinked.append((threading.current_thread().name, Path(path).name))
         real_unlink(path)
 
+    st.write_snapshot(50, 1, Membership(), [b"state"])
     monkeypatch.setattr(os, "unlink", spy)
     st.compact(50)
     first = st.first_index()

@@ -75,10 +75,10 @@ def repair(
             snap = snaps.newest()
             try:
                 reconcile(slog, snap)
-            except CorruptLog as err:
-                assert snap is not None
-                log.warning("storage_repair_log_reset", reason=str(err), index=snap.index)
-                slog.reset(snap.index, snap.term)
+            except CorruptLog as err:  # the log does not meet the snapshot (or there is none)
+                index, term = (snap.index, snap.term) if snap else (0, 0)
+                log.warning("storage_repair_log_reset", reason=str(err), index=index)
+                slog.reset(index, term)
                 report.log_reset = True
             report.first_index, report.last_index = slog.first_index(), slog.last_index()
             top_term = max(slog.term(slog.last_index()), snap.term if snap else 0)

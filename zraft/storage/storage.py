@@ -232,11 +232,11 @@ class Storage:
         """Delete whole segments whose entries are all <= index.
 
         Never past the OLDEST retained snapshot: if the newest one turns out damaged
-        at the next open, the older one plus the log still rebuild the state.
+        at the next open, the older one plus the log still rebuild the state. With no
+        snapshot, nothing: a compacted log always has a snapshot under it (open checks).
         """
         snap = self._snaps.oldest()
-        if snap is not None:
-            index = min(index, snap.index)
+        index = min(index, snap.index if snap is not None else 0)
         with self._writing("compact"):
             removed = self._log.compact(index)
         if removed:
@@ -368,8 +368,13 @@ class Storage:
 def reconcile(slog: SegmentLog, snap: SnapshotMeta | None) -> None:
     """Make the log agree with the newest snapshot (finishing an interrupted install)."""
     if snap is None:
-        if slog.first_index() > 1:
-            log.warning("storage_log_without_snapshot", first_index=slog.first_index())
+        if slog.first_index() > 1:  # compacted: the state before it lived in a snapshot
+            raise CorruptLog(
+                f"{slog.dir}: log starts at index {slog.first_index()} but no valid snapshot"
+                f" holds the entries before it (offset 0)",
+                path=str(slog.dir),
+                offset=0,
+            )
         return
     if slog.segment_count() == 0:
         slog.set_empty_boundary(snap.index, snap.term)
