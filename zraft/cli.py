@@ -19,7 +19,7 @@ from typing import Any
 
 from zraft.config import Config, parse_cluster
 from zraft.errors import ConfigError, ZraftError
-from zraft.storage.errors import StorageError
+from zraft.storage.errors import DataDirLocked, DataDirMismatch, StorageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -403,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except ConfigError as exc:
+        print(f"zraft {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DataDirLocked, DataDirMismatch) as exc:  # the operator's to fix, not damage
         print(f"zraft {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StorageError as exc:

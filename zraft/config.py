@@ -116,6 +116,11 @@ class Config:
             raise ConfigError(
                 f"session_window must be <= {MAX_SESSION_WINDOW}, max_sessions <= {MAX_SESSIONS}"
             )
+        seen: dict[str, str] = {}
+        for nid, addr in self.peers.items():
+            if addr in seen:
+                raise ConfigError(f"peers {seen[addr]} and {nid} share the address {addr}")
+            seen[addr] = nid
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError("heartbeat_ticks must be smaller than election_ticks")
         if self.snapshot_entries < 0 or self.snapshot_trailing < 0:

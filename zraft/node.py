@@ -514,6 +514,7 @@ class Node:
             fsync=cfg.fsync,
             keep_snapshots=cfg.keep_snapshots,
         )
+        self.storage.claim(cfg.node_id, cfg.cluster_id)
         if self.storage.is_empty():
             if cfg.join:  # before anything lands in the log: see Raft.await_join
                 self.storage.set_joining(None)
@@ -1448,6 +1449,16 @@ class Node:
             # already there: idempotent for retries and --join; the answer is an index at
             # or after the entry that added it (what a joining node waits to apply)
             deliver(Outcome(True, self.core.config_index))
+            return
+        holder = next((k for k in m.ids() if k != node_id and m.address(k) == address), None)
+        if holder is not None:  # two ids at one address: each would get the other's traffic
+            deliver(
+                Outcome(
+                    False,
+                    error="bad_request",
+                    message=f"{address} already belongs to member {holder}; remove it first",
+                )
+            )
             return
         if voter:  # it must hold everything we have now before it may vote
             self._promote[node_id] = self.core.last_index + 1

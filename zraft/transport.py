@@ -39,6 +39,7 @@ from zraft.codec import (
     encode_batch,
 )
 from zraft.core.types import AppendEntries, Message
+from zraft.errors import ConfigError
 from zraft.protocol import ClientReply, ClientRequest
 from zraft.security import ZAP_DOMAIN, CurveAuthenticator, CurveSetup, start_authenticator
 
@@ -139,7 +140,13 @@ class Transport:
                 sock.setsockopt(zmq.CURVE_SERVER, 1)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret_key)
                 sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
-            sock.bind(bind)
+            try:
+                sock.bind(bind)
+            except zmq.ZMQError as exc:  # the operator's to fix: say so, no traceback
+                raise ConfigError(
+                    f"cannot listen on {bind}: {exc.strerror} (is another process using the"
+                    " port, or is the address not on this host?)"
+                ) from exc
         except BaseException:
             sock.close(linger=0)
             raise

@@ -494,6 +494,8 @@ def test_promotion_marks_follow_add_and_remove(trio: list[zraft.Node]) -> None:
     leader.add_member("n5", addr, voter=True, timeout=10)  # a learner asks to vote
     assert leader.status()["promoting"] == ["n5"]
     leader.add_member("n5", addr, voter=True, timeout=10)  # idempotent too
+    with pytest.raises(zraft.CommandFailed, match="already belongs to member n5"):
+        leader.add_member("n6", addr, timeout=10)  # one address, two ids: refused
     leader.remove_member("n5", timeout=10)
     assert (leader.status()["learners"], leader.status()["promoting"]) == ([], [])
 

@@ -57,6 +57,34 @@ def test_usage_and_config_errors_say_what_to_do(tmp_path: Path) -> None:
     assert res.returncode == 2 and "no_such_option" in res.stderr
     assert zraft("keygen", str(tmp_path / "k")).returncode == 2
     assert zraft("bogus").returncode == 2
+    shared = "n1=tcp://127.0.0.1:7,n2=tcp://127.0.0.1:7"
+    res = zraft("run", "--id", "n1", "--cluster", shared, "--data-dir", str(tmp_path / "s"))
+    assert res.returncode == 2 and "n1 and n2 share the address" in res.stderr
+
+
+def test_another_nodes_or_a_busy_data_dir_is_refused(tmp_path: Path) -> None:
+    from zraft.storage import Storage
+
+    with Storage.open(tmp_path / "d") as st:
+        st.claim("n1", "zraft")
+        args = ["run", "--id", "n2", "--cluster", "n2=tcp://127.0.0.1:9"]
+        res = zraft(*args, "--data-dir", str(tmp_path / "d"))
+        assert res.returncode == 2 and "is open by another" in res.stderr  # st holds it
+    res = zraft(*args, "--data-dir", str(tmp_path / "d"))
+    assert res.returncode == 2 and "belongs to node 'n1'" in res.stderr, res.stderr
+    assert "damaged" not in res.stderr and "repair" not in res.stderr
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        addr = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        res = zraft("run", "--id", "n1", "--cluster", f"n1={addr}", "--data-dir", str(tmp_path))
+    assert res.returncode == 2, res.stderr
+    assert f"cannot listen on {addr}" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_status_of_an_unreachable_cluster_exits_3() -> None:

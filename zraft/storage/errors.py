@@ -41,3 +41,9 @@ class RecordTooLarge(StorageError, ValueError):
 
 class DataDirLocked(StorageError):
     """Another Storage (maybe in another process) holds this data dir open."""
+
+
+class DataDirMismatch(StorageError):
+    """The data dir belongs to another node or cluster (or says so in a damaged file).
+
+    Starting on it would make this node vote and acknowledge with another's memory."""

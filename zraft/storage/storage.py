@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +36,7 @@ from zraft.storage.errors import (
     AlreadyBootstrapped,
     CorruptLog,
     DataDirLocked,
+    DataDirMismatch,
     StorageFailed,
 )
 from zraft.storage.log import SegmentLog
@@ -52,6 +54,7 @@ SNAP_DIR = "snapshots"
 #: present while a re-provisioned node waits to apply the entry that added it (holds
 #: that index, or nothing while it is unknown); see zraft.core.raft.Raft.await_join
 JOIN_FILE = "joining"
+IDENTITY_FILE = "identity"  #: {"node_id", "cluster_id"}: whose data dir this is
 
 
 class Storage:
@@ -284,6 +287,33 @@ class Storage:
                 os.unlink(self.dir / JOIN_FILE)
             if self._durable:
                 fileutil.fsync_dir(self.dir)
+
+    def claim(self, node_id: str, cluster_id: str) -> None:
+        """Bind the data dir to one node of one cluster; refuse it to anyone else.
+
+        Swapped volumes or a copied directory would otherwise let a node start with
+        another's votes and log, and then vote twice in one term or acknowledge
+        entries it never received. The first claim writes the identity file."""
+        path = self.dir / IDENTITY_FILE
+        want = {"node_id": node_id, "cluster_id": cluster_id}
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            fileutil.atomic_write(path, json.dumps(want).encode(), durable=self._durable)
+            return
+        try:
+            have = json.loads(raw)
+            assert isinstance(have, dict) and {"node_id", "cluster_id"} <= have.keys()
+        except (ValueError, AssertionError):
+            raise DataDirMismatch(
+                f"{path} is damaged: {raw[:80]!r}; if this dir is {node_id}'s, write"
+                f" {json.dumps(want)} into it"
+            ) from None
+        if (have["node_id"], have["cluster_id"]) != (node_id, cluster_id):
+            raise DataDirMismatch(
+                f"{self.dir} belongs to node {have['node_id']!r} of cluster"
+                f" {have['cluster_id']!r}, not node {node_id!r} of cluster {cluster_id!r}"
+            )
 
     def is_empty(self) -> bool:
         return (
