@@ -546,6 +546,14 @@ class Node:
         if waiting:
             self.core.await_join(join_index)
         membership = self.core.membership
+        known_at = membership.address(cfg.node_id)
+        if known_at and known_at != cfg.address:
+            self.log.warning(  # peers dial the membership's address, not our new one
+                "address_differs_from_membership",
+                member_address=known_at,
+                configured=cfg.address,
+                hint="move it with `zraft members remove` then `members add`, or set advertise",
+            )
         self._soft = (self.core.role, self.core.leader, self.core.term)
         self._peers_for = self.core.membership
         self._vote = self.storage.initial_state()[0].vote

@@ -161,6 +161,27 @@ def test_restart_restores_state(tmp_path: Path) -> None:
         assert again.query("read") == 15
 
 
+def test_a_node_restarted_at_another_address_says_peers_cannot_find_it(
+    tmp_path: Path,
+) -> None:
+    from structlog.testing import capture_logs
+
+    node = _single(tmp_path, Counter())
+    with node:
+        _wait_leader([node])
+    moved = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    cfg = node.config
+    again = zraft.Node(
+        zraft.Config(node_id="solo", bind=moved, peers={"solo": moved}, data_dir=cfg.data_dir),
+        Counter(),
+    )
+    with capture_logs() as logs, again:
+        pass
+    warned = [e for e in logs if e["event"] == "address_differs_from_membership"]
+    assert warned and warned[0]["member_address"] == cfg.bind
+    assert warned[0]["configured"] == moved
+
+
 def test_three_embedded_nodes_and_not_leader_hint(trio: list[zraft.Node]) -> None:
     leader = _wait_leader(trio)
     assert leader.apply("add", 7, timeout=10) == 7
