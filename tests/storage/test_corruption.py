@@ -139,6 +139,25 @@ def test_any_flipped_header_bit_in_the_tail_segment_is_corrupt_not_torn(
     assert silently_cut == []
 
 
+def test_a_torn_overwrite_with_stale_records_behind_it_is_still_torn(data_dir: Path) -> None:
+    """A new leader's entry written over a cut suffix, torn by a power loss part way: its
+    header is whole, its data half there, then stale old bytes. That is a torn final
+    write, not damage in place (an earlier fix searched ahead for an intact record and
+    found the stale one: a node that needed a manual repair after a plain power loss)."""
+    with Storage.open(data_dir, segment_bytes=1 << 20) as st:
+        st.append([Entry(1, i, EntryType.NORMAL, b"old" * (10 + i)) for i in range(1, 31)])
+        st.sync()
+    tail = segments(data_dir)[-1]
+    at = record_offsets(tail)[20]
+    new = rec.encode_record(Entry(2, 21, EntryType.NORMAL, b"new" * 7))
+    with open(tail, "r+b") as f:
+        f.seek(at)
+        f.write(new[: len(new) - 9])  # the header and part of the data reached the disk
+    with capture_logs() as logs, Storage.open(data_dir) as st:
+        assert st.last_index() == 20
+    assert any(e["event"] == "storage_torn_tail_cut" and e["offset"] == at for e in logs)
+
+
 def test_truncated_sealed_segment_is_corrupt(data_dir: Path) -> None:
     build(data_dir)
     victim = segments(data_dir)[1]

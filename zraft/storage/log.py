@@ -559,6 +559,8 @@ class SegmentLog:
             _unlink_quiet(_idx_path(seg.path))  # a checkpoint past the cut is stale
             self._ckpt_count = self._ckpt_end = 0
             os.ftruncate(self._fd, cut)
+            if self.durable:  # the cut first: after a power loss, stale records must not
+                os.fdatasync(self._fd)  # reappear behind new ones and look like damage
             self._dirty.add(self._fd)
             self._active_crc = zlib.crc32(pread_exact(self._fd, cut, 0))
         else:
