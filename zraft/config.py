@@ -112,10 +112,10 @@ class Config:
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be > 0")
-        if self.session_window > MAX_SESSION_WINDOW or self.max_sessions > MAX_SESSIONS:
-            raise ConfigError(
-                f"session_window must be <= {MAX_SESSION_WINDOW}, max_sessions <= {MAX_SESSIONS}"
-            )
+        if self.session_window > MAX_SESSION_WINDOW:
+            raise ConfigError(f"session_window must be <= {MAX_SESSION_WINDOW}")
+        if self.max_sessions > MAX_SESSIONS:
+            raise ConfigError(f"max_sessions must be <= {MAX_SESSIONS}")
         seen: dict[str, str] = {}
         for nid, addr in self.peers.items():
             if addr in seen:

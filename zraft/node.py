@@ -514,6 +514,22 @@ class Node:
             fsync=cfg.fsync,
             keep_snapshots=cfg.keep_snapshots,
         )
+        # Listen before writing anything: a node that cannot bind its address must not
+        # leave an identity or a bootstrap membership naming it behind.
+        curve = None
+        if cfg.curve_keys:
+            from zraft.security import CurveSetup
+
+            curve = CurveSetup.from_dir(cfg.curve_keys, cfg.node_id)
+        self.transport = Transport(
+            self._ctx,
+            cfg.node_id,
+            cfg.bind,
+            {},
+            cfg.cluster_id,
+            curve=curve,
+            max_msg_bytes=cfg.max_frame_bytes,
+        )
         self.storage.claim(cfg.node_id, cfg.cluster_id)
         if self.storage.is_empty():
             if cfg.join:  # before anything lands in the log: see Raft.await_join
@@ -552,25 +568,13 @@ class Node:
                 "address_differs_from_membership",
                 member_address=known_at,
                 configured=cfg.address,
-                hint="move it with `zraft members remove` then `members add`, or set advertise",
+                hint="set advertise to the old address; or remove the member, wipe this"
+                " data dir and start it with --join",
             )
         self._soft = (self.core.role, self.core.leader, self.core.term)
         self._peers_for = self.core.membership
         self._vote = self.storage.initial_state()[0].vote
-        curve = None
-        if cfg.curve_keys:
-            from zraft.security import CurveSetup
-
-            curve = CurveSetup.from_dir(cfg.curve_keys, cfg.node_id)
-        self.transport = Transport(
-            self._ctx,
-            cfg.node_id,
-            cfg.bind,
-            self._peer_addrs(membership),
-            cfg.cluster_id,
-            curve=curve,
-            max_msg_bytes=cfg.max_frame_bytes,
-        )
+        self.transport.set_peers(self._peer_addrs(membership))
         self._wake = self._ctx.socket(zmq.PULL)
         self._wake.setsockopt(zmq.LINGER, 0)
         self._wake.bind(self._wake_addr)
@@ -1197,11 +1201,13 @@ class Node:
             self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
             return
         if limits != self._sessions.limits:
-            self.log.info(
+            self.log.info(  # the leader's limits win; ours count only when we lead
                 "session_limits",
                 index=e.index,
                 session_window=limits.window,
                 max_sessions=limits.max_sessions,
+                configured_session_window=self.config.session_window,
+                configured_max_sessions=self.config.max_sessions,
             )
             self._sessions.set_limits(limits)
 

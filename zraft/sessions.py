@@ -66,6 +66,9 @@ class Stale:
 
 STALE: Final = Stale()
 
+#: the reserved session that carries the limits in a snapshot (clients have non-empty ids)
+_LIMITS_ID: Final = b""
+
 
 class SessionTable:
     """Per-client remembered results, trimmed deterministically (LRU clients, oldest seqs)."""
@@ -116,25 +119,28 @@ class SessionTable:
                 results.popitem(last=False)
 
     def pack(self) -> bytes:
-        """The table and its limits, for a snapshot."""
+        """The table and its limits, for a snapshot.
+
+        Laid out as the bare session list earlier versions wrote, with the limits as a
+        reserved first session (client id ``b""``, which no client can use): a node of
+        an earlier version can still restore it (during a rolling upgrade, say)."""
+        limits: list[tuple[bytes, list[tuple[int, Any]]]] = [
+            (_LIMITS_ID, [(0, [True, [self._limits.window, self._limits.max_sessions], "", ""])])
+        ]
         packed: bytes = msgpack.packb(
-            {
-                "limits": [self._limits.window, self._limits.max_sessions],
-                "sessions": [(cid, list(r.items())) for cid, r in self._sessions.items()],
-            },
+            limits + [(cid, list(r.items())) for cid, r in self._sessions.items()],
             use_bin_type=True,
         )
         return packed
 
     def restore(self, data: bytes) -> None:
-        """Replace the table with a packed one (a bare list: a snapshot from before limits
-        were carried, which keeps the current limits)."""
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if type(raw) is dict:
-            self._limits = SessionLimits(*raw["limits"])
-            sessions = raw["sessions"]
-        else:
-            sessions = raw
+        """Replace the table with a packed one (without the reserved limits session: from
+        before limits were carried, so ours stay)."""
+        sessions = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if sessions and sessions[0][0] == _LIMITS_ID:
+            _seq, (_ok, window_and_count, _error, _message) = sessions[0][1][0]
+            self._limits = SessionLimits(*window_and_count)
+            sessions = sessions[1:]
         self._sessions = OrderedDict()
         for cid, results in sessions:
             table: OrderedDict[int, Result] = OrderedDict()

@@ -19,6 +19,7 @@ CURVE on, a Transport owns the context's ZAP handler: one per context.
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from collections.abc import Mapping
@@ -83,6 +84,13 @@ def set_tcp_liveness(sock: zmq.Socket[Any]) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT)
 
 
+#: what a failed bind usually means, for the operator (by errno)
+_BIND_HINTS = {
+    errno.EADDRINUSE: " (another process is using the port)",
+    errno.EADDRNOTAVAIL: " (the address is not on this host)",
+}
+
+
 class Transport:
     """The node's sockets. See the module docstring for the rules it enforces."""
 
@@ -143,9 +151,10 @@ class Transport:
             try:
                 sock.bind(bind)
             except zmq.ZMQError as exc:  # the operator's to fix: say so, no traceback
+                code = exc.errno or 0
+                reason = zmq.strerror(code) if code else str(exc)
                 raise ConfigError(
-                    f"cannot listen on {bind}: {exc.strerror} (is another process using the"
-                    " port, or is the address not on this host?)"
+                    f"cannot listen on {bind}: {reason}{_BIND_HINTS.get(code, '')}"
                 ) from exc
         except BaseException:
             sock.close(linger=0)

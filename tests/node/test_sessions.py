@@ -10,6 +10,7 @@ from zraft.config import Config
 from zraft.errors import ConfigError
 from zraft.sessions import (
     MAX_SESSION_WINDOW,
+    MAX_SESSIONS,
     STALE,
     SessionLimits,
     SessionTable,
@@ -78,6 +79,20 @@ def test_a_snapshot_carries_the_limits_in_force() -> None:
     assert other.results(b"a") == [(1, _ok(10))]
 
 
+def test_an_earlier_version_can_still_restore_what_we_pack() -> None:
+    """Rolling upgrades: a not-yet-upgraded follower may get our snapshot. This is how
+    earlier versions read the sessions header; the limits ride as a session no client
+    can have (id b"")."""
+    t = SessionTable(SessionLimits(window=5, max_sessions=7))
+    _run(t, b"a", 1)
+    earlier: dict[bytes, dict[int, tuple[bool, object, str, str]]] = {}
+    for cid, results in msgpack.unpackb(t.pack(), raw=False, strict_map_key=False):
+        for seq, res in results:
+            ok, result, error, message = res
+            earlier.setdefault(cid, {})[seq] = (bool(ok), result, str(error), str(message))
+    assert earlier[b"a"] == {1: _ok(10)} and set(earlier) == {b"", b"a"}
+
+
 def test_a_snapshot_from_before_limits_travelled_keeps_ours() -> None:
     old_format = msgpack.packb([(b"a", [(1, [True, 10, "", ""])])], use_bin_type=True)
     t = SessionTable(SessionLimits(window=9, max_sessions=9))
@@ -117,3 +132,5 @@ def test_config_rejects_limits_no_node_could_carry() -> None:
         cfg(window=MAX_SESSION_WINDOW + 1).validate()
     with pytest.raises(ConfigError, match="max_sessions"):
         cfg(count=0).validate()
+    with pytest.raises(ConfigError, match="max_sessions must be <="):
+        cfg(count=MAX_SESSIONS + 1).validate()

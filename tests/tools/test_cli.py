@@ -63,10 +63,12 @@ def test_usage_and_config_errors_say_what_to_do(tmp_path: Path) -> None:
 
 
 def test_another_nodes_or_a_busy_data_dir_is_refused(tmp_path: Path) -> None:
+    from zraft.core.types import Membership
     from zraft.storage import Storage
 
     with Storage.open(tmp_path / "d") as st:
         st.claim("n1", "zraft")
+        st.bootstrap(Membership(voters={"n1": "tcp://127.0.0.1:8", "n2": "tcp://127.0.0.1:9"}))
         args = ["run", "--id", "n2", "--cluster", "n2=tcp://127.0.0.1:9"]
         res = zraft(*args, "--data-dir", str(tmp_path / "d"))
         assert res.returncode == 2 and "is open by another" in res.stderr  # st holds it
@@ -85,6 +87,11 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
         res = zraft("run", "--id", "n1", "--cluster", f"n1={addr}", "--data-dir", str(tmp_path))
     assert res.returncode == 2, res.stderr
     assert f"cannot listen on {addr}" in res.stderr and "Traceback" not in res.stderr
+    assert "another process is using the port" in res.stderr
+    from zraft.storage import Storage
+
+    with Storage.open(tmp_path) as st:  # nothing written: a retry elsewhere starts afresh
+        assert st.is_empty() and not (tmp_path / "identity").exists()
 
 
 def test_status_of_an_unreachable_cluster_exits_3() -> None:

@@ -36,6 +36,7 @@ REC_BODY = struct.Struct("<IQQB3x")
 REC_HDR_BYTES = REC_CRC.size + REC_BODY.size  # 28
 _REC_HDR = struct.Struct("<IIQQB3x")
 _LEN = struct.Struct("<I")  #: the length field, first in what the checksum covers
+_INDEX, _INDEX_AT = struct.Struct("<Q"), 8  #: where a record header holds its index
 assert _REC_HDR.size == REC_HDR_BYTES
 
 SEG_MAGIC = b"ZRSEG001"
@@ -154,17 +155,47 @@ def _classify(buf: bytes, off: int, expect: int, max_record_bytes: int) -> tuple
     size = len(buf)
     if size - off < REC_HDR_BYTES:
         return "partial record header", True
-    crc, length, index, term, _typ = _REC_HDR.unpack_from(buf, off)
+    crc, length, index, term, typ = _REC_HDR.unpack_from(buf, off)
     end = off + REC_HDR_BYTES + length
-    if length > max_record_bytes or end > size:
-        flipped = _length_bit_flipped(buf, off, crc, length, max_record_bytes)
-        return "record runs past end of file", not flipped
-    if zlib.crc32(buf[off + 4 : end]) != crc:
-        flipped = _valid_record_at(buf, end, expect + 1, max_record_bytes) or (
-            _length_bit_flipped(buf, off, crc, length, max_record_bytes)
+
+    def damaged_length() -> bool:
+        """Damage in place if one flipped length bit explains the record exactly, or if
+        a header naming the expected index is followed, within the largest record, by
+        an intact record that could come next (the length took more than one flip)."""
+        return _length_bit_flipped(buf, off, crc, length, max_record_bytes) or (
+            index == expect
+            and typ <= max(_ENTRY_TYPES)
+            and _record_follows(buf, off, expect + 1, term, max_record_bytes)
         )
+
+    if length > max_record_bytes or end > size:
+        return "record runs past end of file", not damaged_length()
+    if zlib.crc32(buf[off + 4 : end]) != crc:
+        flipped = _valid_record_at(buf, end, expect + 1, max_record_bytes) or damaged_length()
         return "checksum mismatch", not flipped
     return f"record index {index} term {term} does not follow index {expect - 1}", False
+
+
+def _record_follows(buf: bytes, off: int, index: int, min_term: int, max_record_bytes: int) -> bool:
+    """Is there an intact record for ``index``, of a term that may follow ``min_term``,
+    where the record at ``off`` could have ended? (Its true length is unknown.)
+
+    A stale record of an older term behind a new one is not proof: that is what a torn
+    overwrite of a cut suffix looks like if the cut was lost. At most 64 candidates."""
+    needle = _INDEX.pack(index)
+    at = off + REC_HDR_BYTES + _INDEX_AT
+    stop = min(len(buf), off + 2 * REC_HDR_BYTES + max_record_bytes)
+    for _ in range(64):
+        at = buf.find(needle, at, stop)
+        if at == -1:
+            return False
+        start = at - _INDEX_AT
+        if _REC_HDR.unpack_from(buf, start)[3] >= min_term and _valid_record_at(
+            buf, start, index, max_record_bytes
+        ):
+            return True
+        at += 1
+    return False
 
 
 def _length_bit_flipped(buf: bytes, off: int, crc: int, length: int, max_record_bytes: int) -> bool:

@@ -293,26 +293,44 @@ class Storage:
 
         Swapped volumes or a copied directory would otherwise let a node start with
         another's votes and log, and then vote twice in one term or acknowledge
-        entries it never received. The first claim writes the identity file."""
+        entries it never received. The first claim writes the identity file; while
+        the dir holds no state yet, a new claim replaces it (a first start with a
+        wrong setting is undone by starting right)."""
         path = self.dir / IDENTITY_FILE
         want = {"node_id": node_id, "cluster_id": cluster_id}
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
+            self._check_unclaimed_state(node_id)
+            raw = b""
+        if raw == b"" or self.is_empty():
             fileutil.atomic_write(path, json.dumps(want).encode(), durable=self._durable)
             return
         try:
             have = json.loads(raw)
-            assert isinstance(have, dict) and {"node_id", "cluster_id"} <= have.keys()
-        except (ValueError, AssertionError):
+        except ValueError:
+            have = None
+        if not isinstance(have, dict) or not {"node_id", "cluster_id"} <= have.keys():
             raise DataDirMismatch(
                 f"{path} is damaged: {raw[:80]!r}; if this dir is {node_id}'s, write"
                 f" {json.dumps(want)} into it"
-            ) from None
+            )
         if (have["node_id"], have["cluster_id"]) != (node_id, cluster_id):
             raise DataDirMismatch(
                 f"{self.dir} belongs to node {have['node_id']!r} of cluster"
-                f" {have['cluster_id']!r}, not node {node_id!r} of cluster {cluster_id!r}"
+                f" {have['cluster_id']!r}, not node {node_id!r} of cluster {cluster_id!r};"
+                " point this node at its own data dir"
+            )
+
+    def _check_unclaimed_state(self, node_id: str) -> None:
+        """A dir from before identity files: its membership must at least name us."""
+        if self.is_empty() or self.joining()[0]:
+            return  # nothing to protect, or a joiner not yet in its own membership
+        members = self.initial_state()[1].ids()
+        if members and node_id not in members:
+            raise DataDirMismatch(
+                f"{self.dir} holds the state of a cluster of {sorted(members)}, which does"
+                f" not include {node_id!r}; point this node at its own data dir"
             )
 
     def is_empty(self) -> bool:
