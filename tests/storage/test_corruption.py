@@ -158,6 +158,26 @@ def test_a_torn_overwrite_with_stale_records_behind_it_is_still_torn(data_dir: P
     assert any(e["event"] == "storage_torn_tail_cut" and e["offset"] == at for e in logs)
 
 
+def test_a_torn_record_whose_data_names_the_next_index_near_the_end_is_cut(
+    data_dir: Path,
+) -> None:
+    """The search for a following record once read a header past the end of the file
+    (struct.error instead of a cut) when the bytes of index N+1 sat near the end."""
+    with Storage.open(data_dir, segment_bytes=1 << 20) as st:
+        st.append([Entry(1, i, EntryType.NORMAL, b"x" * 40) for i in range(1, 21)])
+        st.sync()
+    tail = segments(data_dir)[-1]
+    at = record_offsets(tail)[-1]  # record 20, the last
+    data = b"y" * 30 + (21).to_bytes(8, "little")  # its data ends with index 21's bytes
+    torn = rec.encode_record(Entry(1, 20, EntryType.NORMAL, data + b"z" * 60))
+    with open(tail, "r+b") as f:
+        f.truncate(at)
+        f.seek(at)
+        f.write(torn[: rec.REC_HDR_BYTES + len(data)])  # the rest never reached the disk
+    with Storage.open(data_dir) as st:
+        assert st.last_index() == 19
+
+
 def test_truncated_sealed_segment_is_corrupt(data_dir: Path) -> None:
     build(data_dir)
     victim = segments(data_dir)[1]

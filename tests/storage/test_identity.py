@@ -55,3 +55,12 @@ def test_a_dir_from_before_identity_files_must_name_us_in_its_membership(
         st.claim("n2", "prod")
     with Storage.open(data_dir) as st, pytest.raises(DataDirMismatch):
         st.claim("n1", "prod")  # claimed by n2 from here on
+
+
+def test_an_empty_identity_file_is_no_free_pass(data_dir: Path) -> None:
+    """With fsync off a crash can leave the file empty: the membership check still runs."""
+    with Storage.open(data_dir) as st:
+        st.bootstrap(Membership(voters={"n1": "tcp://127.0.0.1:1"}))
+    (data_dir / "identity").write_bytes(b"")
+    with Storage.open(data_dir) as st, pytest.raises(DataDirMismatch, match="not include 'n9'"):
+        st.claim("n9", "other")

@@ -190,6 +190,8 @@ def _record_follows(buf: bytes, off: int, index: int, min_term: int, max_record_
         if at == -1:
             return False
         start = at - _INDEX_AT
+        if start + REC_HDR_BYTES > len(buf):
+            return False  # too close to the end for a whole header: nor are later ones
         if _REC_HDR.unpack_from(buf, start)[3] >= min_term and _valid_record_at(
             buf, start, index, max_record_bytes
         ):

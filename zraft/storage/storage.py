@@ -301,9 +301,10 @@ class Storage:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            self._check_unclaimed_state(node_id)
             raw = b""
-        if raw == b"" or self.is_empty():
+        if not raw:  # none yet, or an empty one a crash left (written without fsync)
+            self._check_unclaimed_state(node_id)
+        if not raw or self.is_empty():
             fileutil.atomic_write(path, json.dumps(want).encode(), durable=self._durable)
             return
         try:
