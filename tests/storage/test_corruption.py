@@ -178,6 +178,31 @@ def test_a_torn_record_whose_data_names_the_next_index_near_the_end_is_cut(
         assert st.last_index() == 19
 
 
+def test_damage_a_checkpoint_shows_was_synced_is_refused_even_if_it_looks_torn(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zeros with nothing intact right behind them look like a torn write; but the
+    tail's checkpoint, appended only after a sync, says those bytes were durable."""
+    from zraft.storage import log as seglog
+
+    monkeypatch.setattr(seglog, "CHECKPOINT_BYTES", 256)
+    with Storage.open(data_dir, segment_bytes=1 << 20) as st:
+        st.append(ents(1, 1, 50))
+        st.sync()  # a checkpoint now covers all 49 records
+        st.append(ents(1, 50, 52))
+        st.sync()  # these two are under 256 bytes: not checkpointed
+    tail = segments(data_dir)[-1]
+    pristine, offs = tail.read_bytes(), record_offsets(tail)
+    with open(tail, "r+b") as f:
+        f.seek(offs[40])
+        f.write(b"\0" * 150 + os.urandom(40))
+    with pytest.raises(CorruptLog, match="a checkpoint shows were synced"):
+        Storage.open(data_dir)
+    tail.write_bytes(pristine[: offs[-1] + 10])  # past the checkpoint: torn, as before
+    with Storage.open(data_dir) as st:
+        assert all_entries(st) == ents(1, 1, 51)
+
+
 def test_truncated_sealed_segment_is_corrupt(data_dir: Path) -> None:
     build(data_dir)
     victim = segments(data_dir)[1]

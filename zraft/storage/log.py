@@ -44,8 +44,9 @@ CACHE_BYTES = 8 << 20
 #: zraft.core.log.entry_size, so a batch is sized alike from memory or from disk.
 ENTRY_OVERHEAD_BYTES = 16
 #: The active segment's offset index is checkpointed to its .idx every this many
-#: bytes, so opening scans at most this much of the tail record by record.
-CHECKPOINT_BYTES = 8 << 20
+#: bytes (after a sync), so opening scans at most this much of the tail record by
+#: record, and damage before the last checkpoint is never taken for a torn write.
+CHECKPOINT_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -448,7 +449,7 @@ class SegmentLog:
         if self.durable and self._fd >= 0 and self.last_index() > self._syncer.durable():
             self._syncer.notify = notify
             self._syncer.request(self._fd, self.last_index())
-        self._maybe_checkpoint()
+        # no checkpoint here: recovery reads one as "synced up to here" (see sync())
 
     def synced_index(self) -> int:
         """The last index known durable (every index when fsync is off)."""
@@ -461,7 +462,7 @@ class SegmentLog:
         return self._syncer.pending()
 
     def _maybe_checkpoint(self) -> None:
-        # a checkpoint may describe bytes not yet durable: recovery checks its crc32
+        # only after a sync: recovery takes a checkpoint's size as a synced watermark
         if self._segs and self._segs[-1].end - self._ckpt_end >= self.checkpoint_bytes:
             self._append_checkpoint(self._segs[-1])
 
@@ -560,7 +561,8 @@ class SegmentLog:
             self._ckpt_count = self._ckpt_end = 0
             os.ftruncate(self._fd, cut)
             if self.durable:  # the cut first: after a power loss, stale records must not
-                os.fdatasync(self._fd)  # reappear behind new ones and look like damage
+                os.fdatasync(self._fd)  # reappear behind new ones and look like damage,
+                fsync_dir(self.dir)  # nor a stale checkpoint claim them synced
             self._dirty.add(self._fd)
             self._active_crc = zlib.crc32(pread_exact(self._fd, cut, 0))
         else:

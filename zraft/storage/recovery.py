@@ -159,15 +159,18 @@ def _load(path: Path, base: int, prev: _Loaded | None, tail: bool, opts: _Opts) 
         return known
     offsets, terms, types = array("q"), array("q"), bytearray()
     start, first, last_term = rec.SEG_HDR_BYTES, base, prev_term
+    synced = 0  #: bytes a checkpoint says were synced (those past a valid one are scanned)
     if known is not None:  # the tail's checkpoint: only bytes after it need a scan
         offsets, terms, types = known.seg.offsets, known.terms, bytearray(known.types)
         start, first, last_term = known.seg.end, base + len(terms), terms[-1]
     elif tail:
-        _unlink_quiet(path.with_suffix(".idx"))  # stale: new chunks must not follow it
+        synced = _synced_watermark(path, base)
     res = rec.scan_records(buf, start, first, last_term, opts.max_record_bytes)
     if res.end < len(buf):
         where = f"{path}: {res.bad_reason} at offset {res.end}"
-        if not (tail and res.torn):
+        if res.end < synced:  # looks torn or not, these bytes were durable once
+            where += f", inside the first {synced} bytes a checkpoint shows were synced"
+        if not (tail and res.torn) or res.end < synced:
             raise CorruptLog(where, path=str(path), offset=res.end)
         log.warning(
             "storage_torn_tail_cut",
@@ -177,6 +180,8 @@ def _load(path: Path, base: int, prev: _Loaded | None, tail: bool, opts: _Opts) 
             discarded_bytes=len(buf) - res.end,
         )
         _truncate_file(path, res.end, opts.durable)
+    if known is None and tail:  # kept until here: it vouched for the bytes scanned above
+        _unlink_quiet(path.with_suffix(".idx"))  # stale: new chunks must not follow it
     offsets.extend(res.offsets)
     terms.extend(res.terms)
     types += res.types
@@ -207,6 +212,19 @@ def _check_chain(path: Path, base: int, hbase: int, prev_term: int, prev: _Loade
             path=str(path),
             offset=0,
         )
+
+
+def _synced_watermark(path: Path, base: int) -> int:
+    """How many bytes of the segment its index says were synced (0 if it says nothing).
+
+    Checkpoints are appended only after a sync, so damage before this offset is damage
+    in place, never a torn write, even where nothing intact follows it. The checkpoint
+    may be stale only if a cut's unlink was lost, which truncate_suffix makes durable."""
+    try:
+        idx = rec.decode_index(path.with_suffix(".idx").read_bytes(), base)
+    except OSError:
+        return 0
+    return idx.seg_size if idx is not None else 0
 
 
 def _load_from_index(
