@@ -402,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as exc:
-        print(f"zraft {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (DataDirLocked, DataDirMismatch) as exc:  # the operator's to fix, not damage
+    except (ConfigError, DataDirLocked, DataDirMismatch) as exc:  # the operator's to fix
         print(f"zraft {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StorageError as exc:

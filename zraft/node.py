@@ -248,8 +248,10 @@ class Node:
         self._reads_by_ctx: dict[bytes, list[_Read]] = {}
         self._reads_waiting: deque[tuple[int, list[_Read]]] = deque()
         self._read_ctx = itertools.count(1)
-        #: cluster-wide limits arrive with each leader's no-op; ours apply until then
-        self._sessions = SessionTable(SessionLimits(config.session_window, config.max_sessions))
+        #: what our no-ops propose when we lead; cluster-wide limits arrive with each
+        #: leader's no-op, and ours apply until the first one
+        self._own_limits = SessionLimits(config.session_window, config.max_sessions)
+        self._sessions = SessionTable(self._own_limits)
         self._applied = 0
         self._applied_term = 0
         self._applied_membership = Membership()
@@ -553,7 +555,7 @@ class Node:
             max_msg_bytes=cfg.max_msg_bytes,
             max_inflight_msgs=cfg.max_inflight_msgs,
             snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
-            leader_noop_data=SessionLimits(cfg.session_window, cfg.max_sessions).encode(),
+            leader_noop_data=self._own_limits.encode(),
             seed=seed & 0xFFFFFFFF,
         )
         self.core = core_raft.Raft(core_cfg, self.storage, applied=self._applied)
@@ -1206,8 +1208,8 @@ class Node:
                 index=e.index,
                 session_window=limits.window,
                 max_sessions=limits.max_sessions,
-                configured_session_window=self.config.session_window,
-                configured_max_sessions=self.config.max_sessions,
+                configured_session_window=self._own_limits.window,
+                configured_max_sessions=self._own_limits.max_sessions,
             )
             self._sessions.set_limits(limits)
 
