@@ -36,12 +36,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_load  # sibling scripts, not a package
 import bench_pysyncobj
 
+from zraft import metrics
 from zraft.launcher import LocalCluster
 
 TOOLS = Path(__file__).resolve().parent
@@ -123,8 +124,12 @@ class Target:
     def close(self) -> None:
         raise NotImplementedError
 
+    def server_metrics(self) -> dict[str, dict[str, Any]]:
+        """Node id -> its own latency histograms (zraft's status()["metrics"]); {} if none."""
+        return {}
+
     def pids(self) -> dict[str, int]:
-        """Node id -> PID of each running node process (for RSS sampling)."""
+        """Node id -> PID of each running node process (for RSS and CPU sampling)."""
         nodes = self.cluster.nodes  # type: ignore[attr-defined]
         return {nid: n.proc.pid for nid, n in nodes.items() if n.proc is not None}
 
@@ -161,6 +166,10 @@ class ZraftTarget(Target):
         return (leaders[0] if len(leaders) == 1 else ""), max(
             (int(s.get("term", 0)) for s in sts.values()), default=0
         )
+
+    def server_metrics(self) -> dict[str, dict[str, Any]]:
+        sts = self.cluster.statuses(timeout=2.0)
+        return {nid: {"role": st.get("role"), **st["metrics"]} for nid, st in sts.items()}
 
     def role_changes(self) -> int:
         """``role_change`` events in the nodes' JSON logs so far."""
@@ -299,6 +308,31 @@ def merge_workers(parts: list[dict[str, Any]], duration_s: float) -> dict[str, A
     }
 
 
+def server_window(
+    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What the nodes saw during the load, from two readings of their histograms: the
+    slowest node's log fsync p99, the leader's reactor turn p99 and mean append batch."""
+    out: dict[str, Any] = {}
+    fsync_p99 = []
+    for nid, m in after.items():
+        b = before.get(nid, {})
+
+        def win(key: str, m: dict[str, Any] = m, b: dict[str, Any] = b) -> metrics.Histogram:
+            return metrics.window(b.get(key, {}), m[key])
+
+        fsync = win("log_fsync")
+        if fsync.count():
+            fsync_p99.append(fsync.percentile(0.99) / 1000)
+        if m.get("role") == "leader":
+            out["leader_turn_p99_ms"] = win("turn").percentile(0.99) / 1000
+            batch = win("append_batch")
+            out["leader_batch_mean"] = round(batch.total / batch.count(), 1) if batch.count() else 0
+    if fsync_p99:
+        out["fsync_p99_ms"] = max(fsync_p99)
+    return out
+
+
 def _embedded_result(parts: list[dict[str, Any]], duration_s: float) -> dict[str, Any]:
     """The leader's own report: start-up elections and hand-overs are not the load's."""
     res = merge_workers(parts, duration_s)
@@ -324,7 +358,7 @@ class Monitor:
                 self.points.append(self.sample())
             self._stop.wait(0.5)
 
-    def __enter__(self) -> Monitor:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -346,6 +380,41 @@ def rss_bytes(pid: int) -> int | None:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time ``pid`` has used, from /proc (None if gone or not Linux)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()  # the name may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+class CpuSampler(Monitor):
+    """Samples the node processes' total CPU time twice a second while a load runs:
+    CPU per committed op is steadier than latency from run to run on a shared VM."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.series: list[tuple[float, float]] = []  #: (wall time, CPU seconds of all nodes)
+
+        def sample() -> tuple[str, int]:
+            used = [cpu_seconds(pid) for pid in pids.values()]
+            if used and None not in used:
+                self.series.append((time.time(), sum(u or 0.0 for u in used)))
+            return "", 0
+
+        super().__init__(sample)
+
+    def per_op(self, measure_from: float, measure_to: float, ops_s: float) -> dict[str, Any]:
+        """Node CPU microseconds per committed op inside the measured window."""
+        inside = [p for p in self.series if measure_from <= p[0] <= measure_to]
+        if len(inside) < 2 or not ops_s:
+            return {}
+        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        if t1 - t0 < 0.4:
+            return {}
+        return {"cpu_us_op": round((c1 - c0) / (t1 - t0) / ops_s * 1e6, 1)}
 
 
 class RssSampler(Monitor):
@@ -475,7 +544,12 @@ class Runner:
             cmd += ["--worker", str(i), "--seed", str(i + 1)]
             workers.append(self.spawn(cmd))
             outs.append(out)
-        with Monitor(t.sample) as mon, RssSampler(t.pids()) as rss:
+        metrics_before = t.server_metrics()
+        with (
+            Monitor(t.sample) as mon,
+            RssSampler(t.pids()) as rss,
+            CpuSampler(t.pids()) as cpu,
+        ):
             end = start_at + self.args.warmup + duration_s + bench_load.DRAIN_S + 30
             for w in workers:
                 self.reap(w, end - time.time())
@@ -483,6 +557,9 @@ class Runner:
         res = merge_workers(parts, duration_s)
         res.update(mon.summary())
         res.update(rss.summary())
+        measure_from = start_at + self.args.warmup
+        res.update(cpu.per_op(measure_from, measure_from + duration_s, res["ops_s"]))
+        res.update(server_window(metrics_before, t.server_metrics()))
         res["role_changes"] = t.role_changes() - role_changes_before
         res["workers_reported"] = f"{len(parts)}/{procs}"
         res["offered_ops_s"] = rate_total or None
@@ -682,6 +759,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s[k] = _median([r.get(k) for r in rs])
         for k in ("rss_early_mb", "rss_late_mb", "rss_max_mb"):
             s[k] = _median([r.get(k) for r in rs])
+        for k in ("cpu_us_op", "fsync_p99_ms", "leader_turn_p99_ms", "leader_batch_mean"):
+            s[k] = _median([r.get(k) for r in rs])
         errors: dict[str, int] = {}
         for r in rs:
             for e, n in (r.get("errors") or {}).items():
@@ -726,6 +805,13 @@ def _notes(s: dict[str, Any]) -> str:
         parts.append(f"terms+{s['term_delta']:.0f}")
     if s.get("role_changes"):
         parts.append(f"role_changes {s['role_changes']:.0f}")
+    if s.get("cpu_us_op"):
+        parts.append(f"cpu {s['cpu_us_op']:.0f}us/op")
+    if s.get("leader_turn_p99_ms") is not None:
+        parts.append(
+            f"turn p99 {s['leader_turn_p99_ms']:.1f}ms, fsync p99 {s['fsync_p99_ms'] or 0:.1f}ms,"
+            f" batch {s['leader_batch_mean']:.0f}"
+        )
     if s.get("rss_max_mb"):
         parts.append(f"rss {s['rss_early_mb']:.0f}->{s['rss_late_mb']:.0f}MB")
     if s.get("disk_bytes"):

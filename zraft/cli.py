@@ -149,6 +149,8 @@ STATUS_COLUMNS = [
     "applied",
     "last_index",
     "lag",
+    "fsync_p99_ms",
+    "turn_p99_ms",
     "address",
 ]
 
@@ -173,6 +175,9 @@ def cluster_status(client: Any, timeout: float = 1.5) -> list[dict[str, Any]]:
             rows[ep] = {"id": "?", "role": "unreachable", "address": ep, "error": str(exc)}
             continue
         st["address"] = ep
+        metrics = st.get("metrics") or {}  # since the node started (see README, Operations)
+        st["fsync_p99_ms"] = metrics.get("log_fsync", {}).get("p99_ms", "")
+        st["turn_p99_ms"] = metrics.get("turn", {}).get("p99_ms", "")
         rows[ep] = st
         if not asked_members:  # the leader names every member (the client finds it)
             asked_members = True

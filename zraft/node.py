@@ -61,6 +61,7 @@ from zraft.errors import (
 )
 from zraft.events import Event, EventBus
 from zraft.kv import KV
+from zraft.metrics import Histogram
 from zraft.protocol import ClientReply, ClientRequest
 from zraft.sessions import SessionLimits, SessionTable, Stale
 from zraft.statemachine import StateMachine
@@ -279,6 +280,8 @@ class Node:
         self._soft: tuple[Role, str, int] = (Role.FOLLOWER, NONE, 0)
         self._turn_persist_s = 0.0  #: this reactor turn's time in _persist (see slow_turn)
         self._turn_apply_s = 0.0  #: ... and in sending + applying
+        self._turn_us = Histogram()  #: reactor turns that did work (see status()["metrics"])
+        self._append_batch = Histogram()  #: entries per log append (one fsync each)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -643,6 +646,8 @@ class Node:
                 self._handle_ready(self.core.ready())
             self.transport.flush_replies()
             t_end = time.monotonic()
+            if ready_socks or busy:
+                self._turn_us.observe(int((t_end - t_start) * 1e6))
             if t_end - t_start > slow_s:
                 self._log_slow_turn(t_start, t_inbound, t_calls, t_ready, t_end)
 
@@ -1053,6 +1058,7 @@ class Node:
                 self.storage.set_hard_state(rd.hard_state)
             if rd.entries:
                 self.storage.append(rd.entries)
+                self._append_batch.observe(len(rd.entries))
             if not wait:
                 if rd.entries:
                     self.storage.sync_begin(self._wake_reactor)
@@ -1663,6 +1669,16 @@ class Node:
                 nid: {"match": p.match, "next": p.next, "state": str(p.state)}
                 for nid, p in s.progress.items()
             },
+            "metrics": self._metrics(),
+        }
+
+    def _metrics(self) -> dict[str, Any]:
+        """Since start: how long log fsyncs and busy reactor turns took (a message that
+        arrives mid-turn waits for the turn to end), and entries per log append."""
+        return {
+            "log_fsync": self.storage.fsync_histogram().summary(1000, "ms"),
+            "turn": self._turn_us.summary(1000, "ms"),
+            "append_batch": self._append_batch.summary(),
         }
 
 

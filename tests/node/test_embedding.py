@@ -578,3 +578,16 @@ def test_session_limits_are_the_leaders_on_every_node(tmp_path: Path) -> None:
         cluster.close()
         for n in nodes:
             n.stop()
+
+
+def test_status_reports_fsync_turn_and_batch_histograms(trio: list[zraft.Node]) -> None:
+    leader = _wait_leader(trio)
+    for _ in range(20):
+        leader.apply("add", 1)
+    m = leader.status()["metrics"]
+    fsync, turn, batch = m["log_fsync"], m["turn"], m["append_batch"]
+    assert fsync["count"] >= 20, "one flush per append at least (a command at a time)"
+    assert 0 <= fsync["p50_ms"] <= fsync["p99_ms"] <= fsync["max_ms"]
+    assert turn["count"] >= 20 and turn["max_ms"] > 0
+    assert batch["count"] == fsync["count"] and batch["max"] >= 1
+    assert sum(c for _, c in batch["buckets"]) == batch["count"]

@@ -161,3 +161,21 @@ def test_rolling_a_segment_waits_for_the_flush_of_the_old_one(
     st.sync()
     assert st.synced_index() == 199
     st.close()
+
+
+def test_every_log_flush_is_timed_whichever_thread_runs_it(data_dir: Path) -> None:
+    st = Storage.open(data_dir)
+    st.append(ents(1, 1, 5))
+    st.sync()
+    assert st.fsync_histogram().count() == 1
+    st.append(ents(1, 5, 9))
+    done = threading.Event()
+    st.sync_begin(done.set)
+    assert done.wait(WAIT_S)
+    h = st.fsync_histogram()
+    assert h.count() == 2 and h.max >= 0
+    st.close()
+    with Storage.open(data_dir, fsync="never") as lazy:
+        lazy.append(ents(1, 9, 12))
+        lazy.sync()
+        assert lazy.fsync_histogram().count() == 0, "no fsync, nothing timed"

@@ -1122,9 +1122,19 @@ class Raft:
             or self.log.has_unhanded()
             or (self.log.snapshot is not None and not self.log.snapshot_handed)
             or self._commit > self._apply_handed
-            or HardState(self._term, self._vote) != self._prev_hs
-            or SoftState(self._role, self._leader, self._term) != self._prev_soft
+            or self._hard_state_changed()
+            or self._soft_state_changed()
         )
+
+    # field by field: has_ready() runs every reactor turn, and building two frozen
+    # dataclasses to compare them cost more than the rest of it
+    def _hard_state_changed(self) -> bool:
+        hs = self._prev_hs
+        return self._term != hs.term or self._vote != hs.vote
+
+    def _soft_state_changed(self) -> bool:
+        ss = self._prev_soft
+        return self._role is not ss.role or self._leader != ss.leader or self._term != ss.term
 
     def ready(self) -> Ready:
         """The next batch of work. Call advance() with it before the next ready()."""
@@ -1133,12 +1143,10 @@ class Raft:
         if self._read_round_needed and self._role is Role.LEADER:
             self._bcast_heartbeat()
         rd = Ready()
-        soft = SoftState(self._role, self._leader, self._term)
-        if soft != self._prev_soft:
-            rd.soft_state = self._prev_soft = soft
-        hs = HardState(self._term, self._vote)
-        if hs != self._prev_hs:
-            rd.hard_state = self._prev_hs = hs
+        if self._soft_state_changed():
+            rd.soft_state = self._prev_soft = SoftState(self._role, self._leader, self._term)
+        if self._hard_state_changed():
+            rd.hard_state = self._prev_hs = HardState(self._term, self._vote)
         if self.log.snapshot is not None and not self.log.snapshot_handed:
             rd.snapshot = self.log.snapshot
             self.log.snapshot_handed = True

@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 
 from zraft.core.types import Compacted, Entry, EntryType, Unavailable
+from zraft.metrics import Histogram
 from zraft.storage import records as rec
 from zraft.storage.errors import CorruptLog, RecordTooLarge
 from zraft.storage.fileutil import atomic_write, fsync_dir, pread_exact, write_all
@@ -131,6 +132,7 @@ class _Syncer:
         self._error: OSError | None = None
         self._closing = False
         self.notify: Callable[[], None] = _nothing
+        self.fsync_us = Histogram()  #: this thread's flushes (written only by it)
 
     def request(self, fd: int, index: int) -> None:
         """Flush ``fd`` (all writes through ``index`` are in it) as soon as possible."""
@@ -191,10 +193,12 @@ class _Syncer:
                 fd, target = self._fd, self._wanted
                 self._busy = True
             error: OSError | None = None
+            started = time.perf_counter_ns()
             try:
                 os.fdatasync(fd)
             except OSError as exc:
                 error = exc
+            self.fsync_us.observe((time.perf_counter_ns() - started) // 1000)
             with self._cv:
                 self._busy = False
                 if error is None:
@@ -243,6 +247,7 @@ class SegmentLog:
         self._dirty: set[int] = set()
         self._deleter = _Deleter(directory, durable)
         self._syncer = _Syncer()
+        self.fsync_us = Histogram()  #: the reactor's own flushes (the syncer has its own)
         self._cache: deque[Entry] = deque()
         self._cache_bytes = 0
 
@@ -434,7 +439,9 @@ class SegmentLog:
         n = 0
         if self.durable:
             for fd in self._dirty:
+                started = time.perf_counter_ns()
                 os.fdatasync(fd)
+                self.fsync_us.observe((time.perf_counter_ns() - started) // 1000)
                 n += 1
         self._dirty.clear()
         self._syncer.set_durable(self.last_index())
@@ -450,6 +457,13 @@ class SegmentLog:
             self._syncer.notify = notify
             self._syncer.request(self._fd, self.last_index())
         # no checkpoint here: recovery reads one as "synced up to here" (see sync())
+
+    def fsync_histogram(self) -> Histogram:
+        """Every log flush so far, the reactor's and the helper thread's (a copy)."""
+        out = Histogram()
+        out.add(self.fsync_us)
+        out.add(self._syncer.fsync_us)
+        return out
 
     def synced_index(self) -> int:
         """The last index known durable (every index when fsync is off)."""

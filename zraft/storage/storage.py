@@ -30,6 +30,7 @@ from pathlib import Path
 import structlog
 
 from zraft.core.types import Entry, HardState, Membership, SnapshotMeta
+from zraft.metrics import Histogram
 from zraft.storage import fileutil, hardstate
 from zraft.storage import records as rec
 from zraft.storage.errors import (
@@ -199,6 +200,10 @@ class Storage:
         """Make every append since the last sync durable: normally ONE fdatasync."""
         with self._writing("sync"):
             self._log.sync()
+
+    def fsync_histogram(self) -> Histogram:
+        """How long the log's fdatasyncs took, in microseconds, since this storage opened."""
+        return self._log.fsync_histogram()
 
     def sync_begin(self, notify: Callable[[], None]) -> None:
         """Start a flush of every append so far on a helper thread; don't wait for it.
