@@ -169,7 +169,13 @@ class ZraftTarget(Target):
 
     def server_metrics(self) -> dict[str, dict[str, Any]]:
         sts = self.cluster.statuses(timeout=2.0)
-        return {nid: {"role": st.get("role"), **st["metrics"]} for nid, st in sts.items()}
+        if len(sts) < len(self.cluster.nodes):  # a busy node can miss one status call
+            sts = {**self.cluster.statuses(timeout=5.0), **sts}
+        return {
+            nid: {"role": st.get("role"), **st["metrics"]}
+            for nid, st in sts.items()
+            if "metrics" in st
+        }
 
     def role_changes(self) -> int:
         """``role_change`` events in the nodes' JSON logs so far."""
@@ -328,6 +334,9 @@ def server_window(
             out["leader_turn_p99_ms"] = win("turn").percentile(0.99) / 1000
             batch = win("append_batch")
             out["leader_batch_mean"] = round(batch.total / batch.count(), 1) if batch.count() else 0
+            out["leader_turns_per_append"] = (
+                round(win("turn").count() / batch.count(), 2) if batch.count() else None
+            )
     if fsync_p99:
         out["fsync_p99_ms"] = max(fsync_p99)
     return out
@@ -407,11 +416,15 @@ class CpuSampler(Monitor):
         super().__init__(sample)
 
     def per_op(self, measure_from: float, measure_to: float, ops_s: float) -> dict[str, Any]:
-        """Node CPU microseconds per committed op inside the measured window."""
-        inside = [p for p in self.series if measure_from <= p[0] <= measure_to]
-        if len(inside) < 2 or not ops_s:
+        """Node CPU microseconds per committed op over the measured window: the rate
+        between the last sample at or before its start and the first at or after its
+        end (the nearest ones inside when the sampler missed an edge)."""
+        pts = self.series
+        if len(pts) < 2 or not ops_s:
             return {}
-        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        starts = [p for p in pts if p[0] <= measure_from] or pts[:1]
+        ends = [p for p in pts if p[0] >= measure_to] or pts[-1:]
+        (t0, c0), (t1, c1) = starts[-1], ends[0]
         if t1 - t0 < 0.4:
             return {}
         return {"cpu_us_op": round((c1 - c0) / (t1 - t0) / ops_s * 1e6, 1)}
@@ -759,7 +772,13 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s[k] = _median([r.get(k) for r in rs])
         for k in ("rss_early_mb", "rss_late_mb", "rss_max_mb"):
             s[k] = _median([r.get(k) for r in rs])
-        for k in ("cpu_us_op", "fsync_p99_ms", "leader_turn_p99_ms", "leader_batch_mean"):
+        for k in (
+            "cpu_us_op",
+            "fsync_p99_ms",
+            "leader_turn_p99_ms",
+            "leader_batch_mean",
+            "leader_turns_per_append",
+        ):
             s[k] = _median([r.get(k) for r in rs])
         errors: dict[str, int] = {}
         for r in rs:

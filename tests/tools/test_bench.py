@@ -92,7 +92,7 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
             assert row["cpu_us_op"] > 0, row  # the nodes' CPU time over the measured window
             if row["kind"] == "zraft":  # the nodes' own histograms, read before and after
                 assert row["fsync_p99_ms"] > 0 and row["leader_turn_p99_ms"] > 0, row
-                assert row["leader_batch_mean"] >= 1, row
+                assert row["leader_batch_mean"] >= 1 and row["leader_turns_per_append"] > 0, row
     zraft_rows = [s for s in doc["summary"] if s["kind"] == "zraft"]
     assert all(s["ratio"] is not None and s["ratio"] > 0 for s in zraft_rows)
     assert "pysyncobj" in proc.stdout and "ratio" in proc.stdout  # the printed table
