@@ -8,6 +8,7 @@ counts can be subtracted, so a reader that samples twice gets the window between
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +56,7 @@ class Histogram:
         n = self.count()
         if n == 0:
             return 0
-        rank = max(1, int(q * n + 0.5))
+        rank = max(1, math.ceil(q * n - 1e-9))  # nearest rank: never below the true one
         seen = 0
         for k, c in enumerate(self.counts):
             seen += c

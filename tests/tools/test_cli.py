@@ -115,7 +115,8 @@ def test_cluster_commands_against_a_live_cluster(tmp_path: Path) -> None:
         rows = json.loads(zraft("status", "--endpoints", eps, "--json").stdout)
         assert {r["id"] for r in rows} == {"n1", "n2", "n3"}
         assert all(r["applied"] >= 20 for r in rows)
-        assert all(r["metrics"]["log_fsync"]["count"] >= 20 for r in rows)  # one per append
+        assert all(r["metrics"]["append_batch"]["total"] >= 20 for r in rows)  # entries
+        assert all(r["metrics"]["log_fsync"]["count"] >= 1 for r in rows)  # flushes may merge
         assert "fsync_p99_ms" in lines[0].split() and "turn_p99_ms" in lines[0].split()
         # status through a single endpoint still lists every member
         one = json.loads(zraft("status", "--endpoints", cluster.endpoints[0], "--json").stdout)

@@ -439,9 +439,7 @@ class SegmentLog:
         n = 0
         if self.durable:
             for fd in self._dirty:
-                started = time.perf_counter_ns()
-                os.fdatasync(fd)
-                self.fsync_us.observe((time.perf_counter_ns() - started) // 1000)
+                self._timed_fdatasync(fd)
                 n += 1
         self._dirty.clear()
         self._syncer.set_durable(self.last_index())
@@ -458,8 +456,14 @@ class SegmentLog:
             self._syncer.request(self._fd, self.last_index())
         # no checkpoint here: recovery reads one as "synced up to here" (see sync())
 
+    def _timed_fdatasync(self, fd: int) -> None:
+        started = time.perf_counter_ns()
+        os.fdatasync(fd)
+        self.fsync_us.observe((time.perf_counter_ns() - started) // 1000)
+
     def fsync_histogram(self) -> Histogram:
-        """Every log flush so far, the reactor's and the helper thread's (a copy)."""
+        """Every flush of appended entries so far (batch syncs, segment seals, the helper
+        thread's flushes), not the rarer ones of headers, cuts and markers (a copy)."""
         out = Histogram()
         out.add(self.fsync_us)
         out.add(self._syncer.fsync_us)
@@ -489,7 +493,7 @@ class SegmentLog:
         old = self._segs[-1]
         self._syncer.pause()
         if self.durable:
-            os.fdatasync(self._fd)
+            self._timed_fdatasync(self._fd)
         self._dirty.discard(self._fd)
         self._syncer.set_durable(self.last_index())
         self._append_checkpoint(old)
