@@ -331,12 +331,11 @@ def server_window(
         if fsync.count():
             fsync_p99.append(fsync.percentile(0.99) / 1000)
         if m.get("role") == "leader":
-            out["leader_turn_p99_ms"] = win("turn").percentile(0.99) / 1000
-            batch = win("append_batch")
-            out["leader_batch_mean"] = round(batch.total / batch.count(), 1) if batch.count() else 0
-            out["leader_turns_per_append"] = (
-                round(win("turn").count() / batch.count(), 2) if batch.count() else None
-            )
+            turn, batch = win("turn"), win("append_batch")
+            appends = batch.count()
+            out["leader_turn_p99_ms"] = turn.percentile(0.99) / 1000
+            out["leader_batch_mean"] = round(batch.total / appends, 1) if appends else 0
+            out["leader_turns_per_append"] = round(turn.count() / appends, 2) if appends else None
     if fsync_p99:
         out["fsync_p99_ms"] = max(fsync_p99)
     return out
@@ -770,9 +769,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s[k] = _median([r.get(k) for r in rs])
         for k in ("leader_changes", "term_delta", "role_changes", "disk_bytes", "disk_alloc_bytes"):
             s[k] = _median([r.get(k) for r in rs])
-        for k in ("rss_early_mb", "rss_late_mb", "rss_max_mb"):
-            s[k] = _median([r.get(k) for r in rs])
         for k in (
+            "rss_early_mb",
+            "rss_late_mb",
+            "rss_max_mb",
             "cpu_us_op",
             "fsync_p99_ms",
             "leader_turn_p99_ms",

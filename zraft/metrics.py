@@ -33,8 +33,7 @@ class Histogram:
     def observe(self, value: int) -> None:
         """Record one observation (negative values count as 0: clocks are not ours)."""
         v = value if value > 0 else 0
-        k = v.bit_length()
-        self.counts[k if k < BUCKETS else BUCKETS - 1] += 1
+        self.counts[bucket_of(v)] += 1
         self.total += v
         if v > self.max:
             self.max = v
@@ -87,6 +86,12 @@ class Histogram:
         }
 
 
+def bucket_of(value: int) -> int:
+    """The bucket a non-negative ``value`` falls in (an upper bound maps to its own)."""
+    k = value.bit_length()
+    return k if k < BUCKETS else BUCKETS - 1
+
+
 def upper_bound(bucket: int) -> int:
     """The largest value bucket ``bucket`` holds (the last one's is open-ended)."""
     return (1 << bucket) - 1 if bucket else 0
@@ -101,8 +106,7 @@ def window(before: Mapping[str, Any], after: Mapping[str, Any]) -> Histogram:
     out = Histogram()
     for summary, sign in ((after, 1), (before, -1)):
         for bound, c in summary.get("buckets", []):
-            k = min(int(bound).bit_length(), BUCKETS - 1)
-            out.counts[k] += sign * int(c)
+            out.counts[bucket_of(int(bound))] += sign * int(c)
     out.counts = [max(0, c) for c in out.counts]
     out.total = max(0, int(after.get("total", 0)) - int(before.get("total", 0)))
     top = max((k for k, c in enumerate(out.counts) if c), default=0)
