@@ -51,6 +51,22 @@ def test_round_trip_across_segment_rolls_and_reopen(data_dir: Path) -> None:
     st.close()
 
 
+def test_one_big_append_rolls_wherever_the_next_record_would_overflow(data_dir: Path) -> None:
+    """A batch larger than a segment is split across segments, none past its size
+    unless it holds a single record (a record never spans two files)."""
+    st = Storage.open(data_dir, **SMALL)
+    big = Entry(1, 2, EntryType.NORMAL, b"b" * 300)
+    batch = [Entry(1, 1, EntryType.NORMAL, b"a" * 40), big, *ents(1, 3, 30)]
+    st.append(batch)
+    st.sync()
+    sizes = sorted(p.stat().st_size for p in data_dir.rglob("*.seg"))
+    assert len(sizes) == st.segment_count() > 3
+    assert sum(size > SMALL["segment_bytes"] for size in sizes) == 1  # the 300-byte record
+    st = reopen(st)
+    assert all_entries(st) == batch
+    st.close()
+
+
 def test_reads_hit_disk_after_cache_eviction(data_dir: Path) -> None:
     st = Storage.open(data_dir, segment_bytes=64 << 10)
     big = [Entry(1, i, EntryType.NORMAL, os.urandom(3000)) for i in range(1, 4001)]

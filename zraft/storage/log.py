@@ -360,12 +360,14 @@ class SegmentLog:
         first = entries[0].index
         self._validate(entries)
         blobs = [rec.encode_record(e) for e in entries]
-        for e, blob in zip(entries, blobs, strict=True):
-            if len(blob) > self.max_record_bytes:
-                raise RecordTooLarge(
-                    f"entry {e.index}: record of {len(blob)} bytes exceeds"
-                    f" max_record_bytes={self.max_record_bytes}"
-                )
+        limit = self.max_record_bytes
+        if max(map(len, blobs)) > limit:
+            for e, blob in zip(entries, blobs, strict=True):
+                if len(blob) > limit:
+                    raise RecordTooLarge(
+                        f"entry {e.index}: record of {len(blob)} bytes exceeds"
+                        f" max_record_bytes={limit}"
+                    )
         if first <= self.last_index():
             self.truncate_suffix(first)
         if not self._segs:
@@ -386,48 +388,55 @@ class SegmentLog:
 
     def _write_batch(self, entries: Sequence[Entry], blobs: list[bytes]) -> None:
         seg = self._segs[-1]
-        buf = bytearray()
-        batch_lo = 0
+        total = sum(map(len, blobs))
+        if seg.end + total <= self.segment_bytes:  # the common case: all fit
+            self._flush(entries, blobs, total)
+            return
+        batch_lo, size = 0, 0
         for n, blob in enumerate(blobs):
             pending = len(seg.offsets) + (n - batch_lo)
-            if pending and seg.end + len(buf) + len(blob) > self.segment_bytes:
-                self._flush(entries[batch_lo:n], buf)
+            if pending and seg.end + size + len(blob) > self.segment_bytes:
+                self._flush(entries[batch_lo:n], blobs[batch_lo:n], size)
                 self._roll(entries[n].index)
-                seg, batch_lo = self._segs[-1], n
-                buf = bytearray()
-            buf += blob
-        self._flush(entries[batch_lo:], buf)
+                seg, batch_lo, size = self._segs[-1], n, 0
+            size += len(blob)
+        self._flush(entries[batch_lo:], blobs[batch_lo:], size)
 
-    def _flush(self, entries: Sequence[Entry], buf: bytearray) -> None:
+    def _flush(self, entries: Sequence[Entry], blobs: Sequence[bytes], size: int) -> None:
         """One pwrite of whole records at the active segment's end, then update memory."""
         if not entries:
             return
         seg = self._segs[-1]
+        buf = b"".join(blobs)
+        assert len(buf) == size
         view = memoryview(buf)
         written = 0
-        while written < len(buf):
+        while written < size:
             n = os.pwrite(self._fd, view[written:], seg.end + written)
             assert n > 0
             written += n
         self._dirty.add(self._fd)
         self._active_crc = zlib.crc32(buf, self._active_crc)
+        offsets = seg.offsets
         off = seg.end
+        for blob in blobs:
+            offsets.append(off)
+            off += len(blob)
+        assert off == seg.end + size
+        seg.end = off
+        self._terms.extend([e.term for e in entries])
         for e in entries:
-            seg.offsets.append(off)
-            off += rec.REC_HDR_BYTES + len(e.data)
-            self._terms.append(e.term)
             if e.type == EntryType.CONFIG:
                 self._config.append(e.index)
-            self._cache_put(e)
-        assert off == seg.end + len(buf)
-        seg.end = off
+        self._cache_put(entries)
 
-    def _cache_put(self, e: Entry) -> None:
-        assert not self._cache or self._cache[-1].index + 1 == e.index, "cache is contiguous"
-        self._cache.append(e)
-        self._cache_bytes += len(e.data)
-        while self._cache and (len(self._cache) > CACHE_ENTRIES or self._cache_bytes > CACHE_BYTES):
-            self._cache_bytes -= len(self._cache.popleft().data)
+    def _cache_put(self, entries: Sequence[Entry]) -> None:
+        cache = self._cache
+        assert not cache or cache[-1].index + 1 == entries[0].index, "cache is contiguous"
+        cache.extend(entries)
+        self._cache_bytes += sum([len(e.data) for e in entries])
+        while cache and (len(cache) > CACHE_ENTRIES or self._cache_bytes > CACHE_BYTES):
+            self._cache_bytes -= len(cache.popleft().data)
 
     def sync(self) -> int:
         """fdatasync every file written since the last sync (normally one); returns the count.

@@ -66,8 +66,9 @@ def parse_segment_name(name: str) -> int | None:
 
 
 def encode_record(entry: Entry) -> bytes:
-    body = REC_BODY.pack(len(entry.data), entry.index, entry.term, int(entry.type)) + entry.data
-    return REC_CRC.pack(zlib.crc32(body)) + body
+    data = entry.data
+    head = REC_BODY.pack(len(data), entry.index, entry.term, entry.type)
+    return b"".join((REC_CRC.pack(zlib.crc32(data, zlib.crc32(head))), head, data))
 
 
 def encode_segment_header(base: int, prev_term: int) -> bytes:
