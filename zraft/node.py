@@ -137,6 +137,8 @@ class Outcome:
 
 
 Deliver = Callable[[Outcome], None]
+Command = tuple[bytes, int, str, tuple[Any, ...]]  #: client_id, seq, name, args
+_Proposal = tuple[bytes, Deliver, float, Command | None]
 
 
 @dataclass(slots=True)
@@ -144,6 +146,9 @@ class _Pending:
     term: int
     deliver: Deliver
     deadline: float
+    #: a client request's command as the codec decoded it off the wire: the entry's
+    #: bytes decode to the very same values, so applying here need not decode them again
+    cmd: Command | None = None
 
 
 @dataclass(slots=True)
@@ -241,7 +246,7 @@ class Node:
         self._start_error: BaseException | None = None
         self._last_status: dict[str, Any] = {"id": config.node_id, "role": "stopped"}
         # reactor-owned state (touched only on the reactor thread once started)
-        self._proposals: list[tuple[bytes, Deliver, float]] = []
+        self._proposals: list[_Proposal] = []
         self._closing = False
         self._vote = ""
         self._pending: dict[int, _Pending] = {}
@@ -734,7 +739,7 @@ class Node:
                 )
             )
         self._pending.clear()
-        for _, deliver, _ in self._proposals:
+        for _, deliver, _, _ in self._proposals:
             deliver(stopped)
         self._proposals.clear()
         for reads in [
@@ -846,7 +851,8 @@ class Node:
             except (TypeError, ValueError, codec.DecodeError) as exc:
                 deliver(Outcome(False, error="bad_request", message=str(exc)))
                 return
-            self._enqueue_proposal(data, deliver, deadline)
+            cmd = (req.client_id, req.seq, req.name, req.args)
+            self._enqueue_proposal(data, deliver, deadline, cmd)
         elif kind == "query":
             consistency = req.consistency
             if consistency not in ("linearizable", "lease", "local"):
@@ -890,7 +896,9 @@ class Node:
             address=address,
         )
 
-    def _enqueue_proposal(self, data: bytes, deliver: Deliver, deadline: float) -> None:
+    def _enqueue_proposal(
+        self, data: bytes, deliver: Deliver, deadline: float, cmd: Command | None = None
+    ) -> None:
         if self._closing:
             deliver(Outcome(False, error="stopped", message="node stopped"))
         elif self._storage_error:
@@ -902,25 +910,30 @@ class Node:
                 Outcome(False, error="busy", message="too many commands in flight; retry later")
             )
         else:
-            self._proposals.append((data, deliver, deadline))
+            self._proposals.append((data, deliver, deadline, cmd))
 
     def _flush_proposals(self) -> None:
         while self._proposals:
             batch = self._proposals[: self.config.max_batch]
             del self._proposals[: self.config.max_batch]
             try:
-                term, first = self.core.propose([data for data, _, _ in batch])
+                term, first = self.core.propose([p[0] for p in batch])
             except core_raft.NotLeader:
                 out = self._not_leader()
-                for _, deliver, _ in batch:
-                    deliver(out)
+                for p in batch:
+                    p[1](out)
                 continue
             except core_raft.ProposalDropped as exc:
-                for _, deliver, _ in batch:
-                    deliver(Outcome(False, error="busy", message=str(exc) or "proposal dropped"))
+                out = Outcome(False, error="busy", message=str(exc) or "proposal dropped")
+                for p in batch:
+                    p[1](out)
                 continue
-            for offset, (_, deliver, deadline) in enumerate(batch):
-                self._track(first + offset, _Pending(term, deliver, deadline))
+            pending = self._pending
+            for index, (_, deliver, deadline, cmd) in enumerate(batch, first):
+                if index in pending:
+                    self._track(index, _Pending(term, deliver, deadline, cmd))
+                else:
+                    pending[index] = _Pending(term, deliver, deadline, cmd)
 
     def _track(self, index: int, pending: _Pending) -> None:
         """Remember who waits for ``index``; an older waiter there was overwritten for sure."""
@@ -1144,15 +1157,17 @@ class Node:
             if e.index <= self._applied:
                 continue  # already reflected by a restored snapshot
             assert e.index == self._applied + 1, f"apply gap: {self._applied} -> {e.index}"
+            pending = self._pending.pop(e.index, None)
             outcome = _NO_RESULT
             if e.type == EntryType.NORMAL:
-                outcome = self._apply_command(e)
+                # same index and term: the very entry we proposed (Log Matching, §5.3)
+                cmd = pending.cmd if pending is not None and pending.term == e.term else None
+                outcome = self._apply_command(e, cmd)
             elif e.type == EntryType.CONFIG:
                 self._apply_config(Membership.decode(e.data))
             else:
                 self._apply_noop(e)
             self._applied, self._applied_term = e.index, e.term
-            pending = self._pending.pop(e.index, None)
             if pending is not None:
                 if pending.term != e.term:
                     pending.deliver(
@@ -1171,12 +1186,17 @@ class Node:
             self.events.emit("commit", self._applied, None)
             self._maybe_snapshot()
 
-    def _apply_command(self, e: Entry) -> Outcome:
-        try:
-            client_id, seq, name, args = codec.decode_command(e.data)
-        except codec.DecodeError as exc:
-            self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
-            return Outcome(False, error="bad_request", message=str(exc))
+    def _apply_command(self, e: Entry, cmd: Command | None = None) -> Outcome:
+        """Apply a NORMAL entry. ``cmd``: its decoded form when this node proposed it
+        for a client (trusted: decoded from the same request the entry was encoded from)."""
+        if cmd is not None and len(e.data) <= codec.DEFAULT_MAX_BYTES:  # as followers decode
+            client_id, seq, name, args = cmd
+        else:
+            try:
+                client_id, seq, name, args = codec.decode_command(e.data)
+            except codec.DecodeError as exc:
+                self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
+                return Outcome(False, error="bad_request", message=str(exc))
         remembered = self._sessions.begin(client_id, seq) if client_id and seq else None
         if isinstance(remembered, Stale):
             return Outcome(

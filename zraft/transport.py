@@ -334,16 +334,25 @@ class Transport:
         """Drain up to ``max_count`` inbound messages without blocking; bad ones are dropped."""
         assert max_count > 0
         out: list[Inbound] = []
+        recv = self._router.recv
         for _ in range(max_count):
+            # A ROUTER puts the sender's identity first, always followed by the message.
+            # Not recv_multipart: it asks the socket for RCVMORE (getsockopt) per frame,
+            # where a Frame knows ``more`` itself; the payload is decoded in place.
             try:
-                # Frame objects only when CURVE needs their User-Id: bytes are cheaper
-                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=self._curve is None)
+                identity = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            frames: list[bytes | zmq.Frame] = [identity]
+            frame = recv(zmq.NOBLOCK, copy=False)  # the parts of a message arrive together
+            frames.append(frame)
+            while frame.more:
+                frame = recv(zmq.NOBLOCK, copy=False)
+                frames.append(frame)
             out.extend(self._accept(frames))
         return out
 
-    def _accept(self, frames: list[zmq.Frame] | list[bytes]) -> list[Inbound]:
+    def _accept(self, frames: list[bytes | zmq.Frame]) -> list[Inbound]:
         """Validate one inbound message: framing, codec, and who is allowed to say it."""
         identity = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
         self._stats["bytes_in"] += sum(len(f) for f in frames)

@@ -592,3 +592,70 @@ def test_status_reports_fsync_turn_and_batch_histograms(trio: list[zraft.Node]) 
     # one fsync per append on the leader while it flushes inline (async_leader_flush off)
     assert batch["count"] == fsync["count"] and batch["max"] >= 1
     assert sum(c for _, c in batch["buckets"]) == batch["count"]
+
+
+class Store(zraft.StateMachine):
+    """Keeps every value it is given, as the handler saw it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, Any] = {}
+
+    @zraft.command
+    def put(self, key: str, value: Any) -> int:
+        self.values[key] = value
+        return len(self.values)
+
+    @zraft.query
+    def dump(self) -> dict[str, Any]:
+        return self.values
+
+
+def test_a_leader_applies_a_clients_command_as_decoded_off_the_wire(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader skips decoding the entries it proposed for clients (it holds the
+    request's decoded command); followers decode them; every node applies equal values."""
+    decoded_by: list[str] = []
+    real = zraft.codec.decode_command
+
+    def counting(data: bytes, **kw: Any) -> Any:
+        decoded_by.append(threading.current_thread().name)
+        return real(data, **kw)
+
+    monkeypatch.setattr(zraft.codec, "decode_command", counting)
+    ports = free_ports(3)
+    peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+    nodes = [
+        zraft.Node(zraft.Config(nid, addr, str(tmp_path / nid), peers=peers), Store())
+        for nid, addr in peers.items()
+    ]
+    for n in nodes:
+        n.start()
+    try:
+        leader = _wait_leader(nodes)
+        values: list[Any] = [
+            {"a": [1, 2.5, None], "b": {"c": b"\x00\xff"}},
+            ["x", True, -(2**40)],
+            "\u00e9t\u00e9",
+            b"raw",
+        ]
+        with zraft.Client([n.config.address for n in nodes]) as c:
+            for i, v in enumerate(values):
+                assert c.apply("put", f"k{i}", v) == i + 1
+        leader.apply("put", "embedded", [1, 2])  # an in-process call: the entry is decoded
+        _wait_until(
+            lambda: all(len(n.query("dump", consistency="local")) == 5 for n in nodes),
+            "followers did not apply everything",
+        )
+        dumps = [n.query("dump", consistency="local") for n in nodes]
+        assert dumps[0] == dumps[1] == dumps[2]
+        assert [dumps[0][f"k{i}"] for i in range(4)] == values
+        me = f"zraft-{leader.config.node_id}"
+        assert decoded_by.count(me) == 1, "only the in-process command is decoded on the leader"
+        for n in nodes:
+            if n is not leader:
+                assert decoded_by.count(f"zraft-{n.config.node_id}") == 5
+    finally:
+        for n in nodes:
+            n.stop()
