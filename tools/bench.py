@@ -862,6 +862,32 @@ def table(summary: list[dict[str, Any]]) -> str:
     return format_table(rows, list(COLUMNS))
 
 
+def python_probe_us(sleep_s: float = 0.0, reps: int = 200) -> float:
+    """Median microseconds of a fixed bit of pure-Python work, each run after ``sleep_s``.
+
+    Two readings describe a machine better than its CPU model: warm (``sleep_s=0``), how
+    fast the host is right now (a shared VM drifts by half from one minute to the next);
+    after a short sleep, what a wake-up costs. A node wakes hundreds of times a second,
+    and on some VMs work run right after a sleep takes several times as long as warm.
+    """
+
+    def work() -> int:
+        d: dict[int, int] = {}
+        for i in range(300):
+            d[i & 63] = d.get(i & 63, 0) + i
+        return len(str(d))
+
+    work()
+    times = []
+    for _ in range(reps):
+        if sleep_s:
+            time.sleep(sleep_s)  # the thing measured: the cost of resuming after a sleep
+        t0 = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times) * 1e6, 1)
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -872,6 +898,8 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "loadavg_at_start": list(os.getloadavg()),
+        "python_probe_warm_us": python_probe_us(),
+        "python_probe_after_3ms_sleep_us": python_probe_us(0.003),
     }
 
 
@@ -1002,8 +1030,14 @@ def main(argv: list[str] | None = None) -> int:
         runner.end_all()
         shutil.rmtree(work_dir, ignore_errors=True)
     summary = summarize(runner.rows)
+    m["python_probe_warm_us_at_end"] = python_probe_us()
     print(f"zraft vs PySyncObj  {header['date']}  {m['cpu_model']} x{m['nproc']}  "
           f"python {m['python']}  load {m['loadavg_at_start'][0]:.1f}")  # fmt: skip
+    print(
+        f"python probe: warm {m['python_probe_warm_us']} us at start,"
+        f" {m['python_probe_warm_us_at_end']} us at end;"
+        f" {m['python_probe_after_3ms_sleep_us']} us right after a 3 ms sleep"
+    )
     print(table(summary))
     for note in NOTES:
         print(f"  * {note}")
