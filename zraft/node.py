@@ -917,23 +917,19 @@ class Node:
             batch = self._proposals[: self.config.max_batch]
             del self._proposals[: self.config.max_batch]
             try:
-                term, first = self.core.propose([p[0] for p in batch])
+                term, first = self.core.propose([data for data, _, _, _ in batch])
             except core_raft.NotLeader:
                 out = self._not_leader()
-                for p in batch:
-                    p[1](out)
+                for _, deliver, _, _ in batch:
+                    deliver(out)
                 continue
             except core_raft.ProposalDropped as exc:
                 out = Outcome(False, error="busy", message=str(exc) or "proposal dropped")
-                for p in batch:
-                    p[1](out)
+                for _, deliver, _, _ in batch:
+                    deliver(out)
                 continue
-            pending = self._pending
             for index, (_, deliver, deadline, cmd) in enumerate(batch, first):
-                if index in pending:
-                    self._track(index, _Pending(term, deliver, deadline, cmd))
-                else:
-                    pending[index] = _Pending(term, deliver, deadline, cmd)
+                self._track(index, _Pending(term, deliver, deadline, cmd))
 
     def _track(self, index: int, pending: _Pending) -> None:
         """Remember who waits for ``index``; an older waiter there was overwritten for sure."""

@@ -343,25 +343,24 @@ class Transport:
                 identity = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            frames: list[bytes | zmq.Frame] = [identity]
             frame = recv(zmq.NOBLOCK, copy=False)  # the parts of a message arrive together
-            frames.append(frame)
+            frames = [frame]
             while frame.more:
                 frame = recv(zmq.NOBLOCK, copy=False)
                 frames.append(frame)
-            out.extend(self._accept(frames))
+            out.extend(self._accept(identity, frames))
         return out
 
-    def _accept(self, frames: list[bytes | zmq.Frame]) -> list[Inbound]:
-        """Validate one inbound message: framing, codec, and who is allowed to say it."""
-        identity = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
-        self._stats["bytes_in"] += sum(len(f) for f in frames)
-        if len(frames) != 2:
-            self._drop("bad_frame_count", identity, f"{len(frames)} frames")
+    def _accept(self, identity: bytes, frames: list[zmq.Frame]) -> list[Inbound]:
+        """Validate one inbound message (the frames after the sender's identity):
+        framing, codec, and who is allowed to say it."""
+        self._stats["bytes_in"] += len(identity) + sum(len(f) for f in frames)
+        if len(frames) != 1:
+            self._drop("bad_frame_count", identity, f"{len(frames) + 1} frames")
             return []
-        payload = frames[1]
+        payload = frames[0]
         try:
-            data = payload if isinstance(payload, bytes) else payload.buffer
+            data = payload.buffer
             msgs = decode_many(data, self._cluster_id, max_bytes=self._max_msg_bytes)
         except DecodeError as exc:
             self._drop(exc.reason, identity, exc.detail)
@@ -391,7 +390,7 @@ class Transport:
         self._stats["received"] += 1
         return [(identity, msg)]
 
-    def _check_sender(self, msg: Message, identity: bytes, payload: zmq.Frame | bytes) -> str:
+    def _check_sender(self, msg: Message, identity: bytes, payload: zmq.Frame) -> str:
         """'' if ``msg`` really comes from ``msg.frm`` and is for us, else a reason code."""
         if msg.to != self._node_id:
             return "wrong_recipient"
@@ -460,10 +459,8 @@ def _with_source(address: str, source: str) -> str:
     return f"tcp://{source}:0;{address[len('tcp://') :]}"
 
 
-def _user_id(frame: zmq.Frame | bytes) -> str:
+def _user_id(frame: zmq.Frame) -> str:
     """The ZAP User-Id of the connection a frame came in on ('' if none)."""
-    if isinstance(frame, bytes):
-        return ""  # received without CURVE: no authenticated identity
     try:
         user = frame.get("User-Id")
     except zmq.ZMQError:

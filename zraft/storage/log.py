@@ -388,27 +388,26 @@ class SegmentLog:
 
     def _write_batch(self, entries: Sequence[Entry], blobs: list[bytes]) -> None:
         seg = self._segs[-1]
-        total = sum(map(len, blobs))
-        if seg.end + total <= self.segment_bytes:  # the common case: all fit
-            self._flush(entries, blobs, total)
+        if seg.end + sum(map(len, blobs)) <= self.segment_bytes:  # the common case: all fit
+            self._flush(entries, blobs)
             return
         batch_lo, size = 0, 0
         for n, blob in enumerate(blobs):
             pending = len(seg.offsets) + (n - batch_lo)
             if pending and seg.end + size + len(blob) > self.segment_bytes:
-                self._flush(entries[batch_lo:n], blobs[batch_lo:n], size)
+                self._flush(entries[batch_lo:n], blobs[batch_lo:n])
                 self._roll(entries[n].index)
                 seg, batch_lo, size = self._segs[-1], n, 0
             size += len(blob)
-        self._flush(entries[batch_lo:], blobs[batch_lo:], size)
+        self._flush(entries[batch_lo:], blobs[batch_lo:])
 
-    def _flush(self, entries: Sequence[Entry], blobs: Sequence[bytes], size: int) -> None:
+    def _flush(self, entries: Sequence[Entry], blobs: Sequence[bytes]) -> None:
         """One pwrite of whole records at the active segment's end, then update memory."""
         if not entries:
             return
         seg = self._segs[-1]
         buf = b"".join(blobs)
-        assert len(buf) == size
+        size = len(buf)
         view = memoryview(buf)
         written = 0
         while written < size:
