@@ -9,8 +9,9 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wire_strategies import append_entries, messages, values
+from wire_strategies import append_entries, client_replies, client_requests, messages, values
 
+from zraft import codec
 from zraft.codec import (
     MAX_ENTRIES,
     VERSION,
@@ -37,7 +38,7 @@ from zraft.core.types import (
     TimeoutNow,
     VoteResponse,
 )
-from zraft.protocol import ClientReply, ClientRequest
+from zraft.protocol import MAX_TIMEOUT_MS, ClientReply, ClientRequest
 
 CID = "test-cluster"
 MEMBERS = Membership(
@@ -358,3 +359,48 @@ def test_int_map_keys_are_refused_unless_the_client_opts_in() -> None:
     data = encode(ClientReply(1, True, result={1: "one"}), CID)
     assert reason_of(data) == "bad_msgpack"
     assert decode(data, CID, strict_map_key=False) == ClientReply(1, True, result={1: "one"})
+
+
+# --------------------------------------------------------------------------- fast path
+
+_EDGES_LIST: list[Any] = [
+    *(-1, 0, 1, True, False, (1 << 63) - 1, 1 << 63, MAX_TIMEOUT_MS, MAX_TIMEOUT_MS + 1),
+    *("", "apply", "query", "lease", "not_leader", "busy", "x" * 129, "x" * 257),
+    *("x" * 1025, "x" * ((64 << 10) + 1), b"", b"x" * 257, [], [1] * 4097, None, 1.5),
+]
+
+
+def _fast_and_checked_agree(tag: int, body: list[Any]) -> None:
+    fast = codec._valid_request(body) if tag == 16 else codec._valid_reply(body)
+    try:
+        checked = codec._decode_checked(tag, body)
+    except DecodeError:
+        assert fast is None, f"the fast path took what the schema refuses: {body!r:.200}"
+        return
+    assert fast is not None, f"the fast path refused a valid message: {body!r:.200}"
+    assert type(fast) is type(checked) and fast == checked
+    assert [type(v) for v in fast] == [type(v) for v in checked]
+
+
+@pytest.mark.parametrize("msg", [m for m in EXAMPLES if isinstance(m, ClientRequest | ClientReply)])
+def test_the_client_message_fast_path_agrees_on_every_edge_value(msg: Any) -> None:
+    """A leader decodes requests (and a client replies) on a fast path; it must accept
+    exactly what the field-by-field schema accepts, and build the same message."""
+    tag, *fields = msgpack.unpackb(encode(msg, CID), raw=False)[2:]
+    for pos in range(len(fields)):
+        for edge in _EDGES_LIST:
+            _fast_and_checked_agree(tag, [*fields[:pos], edge, *fields[pos + 1 :]])
+    for cut in range(len(fields)):
+        _fast_and_checked_agree(tag, fields[:cut])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(client_requests, client_replies()), st.data())
+def test_the_client_message_fast_path_agrees_with_the_schema_checks(
+    msg: Any, data: st.DataObject
+) -> None:
+    tag, *fields = msgpack.unpackb(encode(msg, CID), raw=False)[2:]
+    for _ in range(data.draw(st.integers(0, 3))):
+        pos = data.draw(st.integers(0, len(fields) - 1))
+        fields[pos] = data.draw(st.sampled_from(_EDGES_LIST) | values)
+    _fast_and_checked_agree(tag, fields)
