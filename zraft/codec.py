@@ -200,6 +200,7 @@ def _entries(raw: Any, prev_index: int, prev_term: int, term: int) -> tuple[Entr
     expect = prev_index + 1
     last_term = prev_term
     n_types = len(_ENTRY_TYPES)
+    config = EntryType.CONFIG  # a local: an enum member lookup costs ~0.2 us in 3.11
     for e in raw:
         if type(e) is not list or len(e) != 4:
             _fail("bad_entries", "an entry is [term, index, type, data]")
@@ -209,7 +210,7 @@ def _entries(raw: Any, prev_index: int, prev_term: int, term: int) -> tuple[Entr
         if i != expect or not last_term <= t <= term or not 0 <= ty < n_types:
             _fail("bad_entries", f"entry {i}: not contiguous, bad term or bad type")
         et = _ENTRY_TYPES[ty]
-        if et is EntryType.CONFIG:
+        if et is config:
             _config_data(d)
         out.append(Entry(t, i, et, d))
         expect += 1
@@ -235,6 +236,7 @@ def _config_data(data: bytes) -> None:
 Check = Callable[[Any, str], Any]
 
 _CTX = _bounded_bytes(MAX_CTX_BYTES)
+_CLIENT_ID = _bounded_bytes(MAX_CLIENT_ID_BYTES)
 _SCHEMAS: dict[type, tuple[tuple[str, Check], ...]] = {
     AppendEntries: (
         ("term", _uint),
@@ -302,7 +304,7 @@ _SCHEMAS: dict[type, tuple[tuple[str, Check], ...]] = {
         ("kind", _one_of(REQUEST_KINDS)),
         ("name", _bounded_str(MAX_NAME_LEN)),
         ("args", _args),
-        ("client_id", _bounded_bytes(MAX_CLIENT_ID_BYTES)),
+        ("client_id", _CLIENT_ID),
         ("seq", _uint),
         ("consistency", _one_of(CONSISTENCIES)),
         ("timeout_ms", _uint),
@@ -600,14 +602,37 @@ def encode_command(client_id: bytes, seq: int, name: str, args: tuple[Any, ...])
 def decode_command(
     data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[bytes, int, str, tuple[Any, ...]]:
-    """Inverse of :func:`encode_command`; DecodeError on anything malformed."""
+    """Inverse of :func:`encode_command`; DecodeError on anything malformed.
+
+    Every node decodes every entry it applies: a valid command takes one expression,
+    anything else goes to :func:`_command_checked`, which names the fault.
+    """
     raw = _unpack(data, max_bytes)
+    if type(raw) is list and len(raw) == 5:
+        version, client_id, seq, name, args = raw
+        if (
+            type(version) is int
+            and version == COMMAND_VERSION
+            and type(client_id) is bytes
+            and len(client_id) <= MAX_CLIENT_ID_BYTES
+            and type(seq) is int
+            and 0 <= seq <= MAX_UINT
+            and type(name) is str
+            and 0 < len(name) <= MAX_NAME_LEN
+            and type(args) is list
+            and len(args) <= MAX_ARGS
+        ):
+            return client_id, seq, name, tuple(args)
+    return _command_checked(raw)
+
+
+def _command_checked(raw: Any) -> tuple[bytes, int, str, tuple[Any, ...]]:
     if type(raw) is not list or len(raw) != 5:
         _fail("bad_command", "not [version, client_id, seq, name, args]")
     version, client_id, seq, name, args = raw
     if type(version) is not int or version != COMMAND_VERSION:
         _fail("bad_version", f"command version {version!r}"[:48])
-    _bounded_bytes(MAX_CLIENT_ID_BYTES)(client_id, "client_id")
+    _CLIENT_ID(client_id, "client_id")
     _uint(seq, "seq")
     if type(name) is not str or not 0 < len(name) <= MAX_NAME_LEN:
         _fail("bad_field", f"name must be 1..{MAX_NAME_LEN} chars")

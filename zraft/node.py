@@ -1076,8 +1076,9 @@ class Node:
                 self.storage.sync()
                 self._log_syncing = False
             if rd.entries:
+                config = EntryType.CONFIG  # a local: enum member lookups are slow in 3.11
                 for e in rd.entries:
-                    if e.type == EntryType.CONFIG:
+                    if e.type == config:
                         self._on_config_appended(Membership.decode(e.data), e.index)
             for chunk in rd.snapshot_chunks:
                 self.storage.stage_snapshot_chunk(chunk.meta, chunk.offset, chunk.data)
@@ -1149,13 +1150,14 @@ class Node:
     # ------------------------------------------------------------------ applying committed entries
 
     def _apply_entries(self, entries: list[Entry]) -> None:
+        normal = EntryType.NORMAL  # a local: an enum member lookup costs ~0.2 us in 3.11
         for e in entries:
             if e.index <= self._applied:
                 continue  # already reflected by a restored snapshot
             assert e.index == self._applied + 1, f"apply gap: {self._applied} -> {e.index}"
             pending = self._pending.pop(e.index, None)
             outcome = _NO_RESULT
-            if e.type == EntryType.NORMAL:
+            if e.type == normal:
                 # same index and term: the very entry we proposed (Log Matching, §5.3)
                 cmd = pending.cmd if pending is not None and pending.term == e.term else None
                 outcome = self._apply_command(e, cmd)

@@ -83,7 +83,7 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
     assert kinds == {(s, k) for s in scenarios for k in ("zraft", "pysyncobj")}
     for row in doc["results"]:
         assert "failed" not in row, row
-        assert row["ok"] > 0 and row["ops_s"] > 0
+        assert row["ok"] > 0 and row["ops_s"] > 0, row
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
         assert set(row["timeline"]) == {"t_s", "ops_s", "mean_ms"}
         if row["scenario"] == "embedded":  # the load ran inside the leader; terms are reported

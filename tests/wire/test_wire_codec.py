@@ -404,3 +404,21 @@ def test_the_client_message_fast_path_agrees_with_the_schema_checks(
         pos = data.draw(st.integers(0, len(fields) - 1))
         fields[pos] = data.draw(st.sampled_from(_EDGES_LIST) | values)
     _fast_and_checked_agree(tag, fields)
+
+
+def test_the_command_fast_path_agrees_on_every_edge_value() -> None:
+    """Every node decodes every command it applies on a fast path: it must take exactly
+    what the field-by-field checks take (and a bound it loosens would show here)."""
+    fields: list[Any] = [1, b"cid", 7, "put", ["k", b"v"]]
+    edges = [*_EDGES_LIST, 2, b"x" * 256, "x" * 256, [1] * 4096]
+    cases = [fields[:cut] for cut in range(len(fields))]
+    cases += [[*fields[:p], v, *fields[p + 1 :]] for p in range(len(fields)) for v in edges]
+    for case in cases:
+        try:
+            checked: Any = codec._command_checked(case)
+        except DecodeError:
+            with pytest.raises(DecodeError):
+                decode_command(msgpack.packb(case, use_bin_type=True))
+            continue
+        fast = decode_command(msgpack.packb(case, use_bin_type=True))
+        assert fast == checked and [type(v) for v in fast] == [type(v) for v in checked]

@@ -627,8 +627,9 @@ class Raft:
 
     def _append_follower(self, ents: list[Entry]) -> None:
         configs: list[tuple[int, Membership]] = []
+        config = EntryType.CONFIG  # a local: an enum member lookup costs ~0.2 us in 3.11
         for e in ents:
-            if e.type == EntryType.CONFIG:
+            if e.type == config:
                 try:
                     configs.append((e.index, Membership.decode(e.data)))
                 except (ValueError, TypeError):
@@ -704,9 +705,10 @@ class Raft:
         first = self.log.last_index() + 1
         ents = [Entry(self._term, first + i, t, d) for i, (t, d) in enumerate(items)]
         size = 0
+        config = EntryType.CONFIG  # a local: an enum member lookup costs ~0.2 us in 3.11
         for e in ents:
             size += len(e.data)
-            if e.type == EntryType.CONFIG:
+            if e.type == config:
                 self._configs.append((e.index, Membership.decode(e.data)))
                 self._sync_progress()
         self.log.append(ents)

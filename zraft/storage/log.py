@@ -425,7 +425,7 @@ class SegmentLog:
         seg.end = off
         self._terms.extend([e.term for e in entries])
         for e in entries:
-            if e.type == EntryType.CONFIG:
+            if e.type == _CONFIG:
                 self._config.append(e.index)
         self._cache_put(entries)
 
