@@ -327,6 +327,8 @@ _TAGS[ClientReply] = 17
 _BY_TAG: dict[int, type] = {tag: cls for cls, tag in _TAGS.items()}
 _RAFT_TYPES = frozenset(MESSAGE_TYPES)
 assert set(_SCHEMAS) == set(_TAGS), "every tagged type has a schema"
+for _cls in (ClientRequest, ClientReply):
+    assert _cls._fields == tuple(name for name, _ in _SCHEMAS[_cls]), "tuple order is wire order"
 _GETTERS: dict[type, attrgetter[Any]] = {
     cls: attrgetter(*(name for name, _ in schema)) for cls, schema in _SCHEMAS.items()
 }
@@ -385,7 +387,9 @@ def encode_batch(msgs: list[ClientRequest] | list[ClientReply], cluster_id: str)
     assert 0 < len(msgs) <= MAX_BATCH, "a batch holds 1..MAX_BATCH messages"
     if len(msgs) == 1:
         return encode(msgs[0], cluster_id)
-    bodies = [[_TAGS[type(m)], *_GETTERS[type(m)](m)] for m in msgs]
+    tag = _TAGS[type(msgs[0])]
+    assert type(msgs[-1]) is type(msgs[0]), "one kind of message per batch"
+    bodies = [[tag, *m] for m in msgs]  # client messages are tuples in schema order
     out: bytes = msgpack.packb([VERSION, cluster_id, BATCH_TAG, bodies], use_bin_type=True)
     return out
 
