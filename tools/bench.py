@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import zmq
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_load  # sibling scripts, not a package
 import bench_pysyncobj
@@ -888,6 +890,35 @@ def python_probe_us(sleep_s: float = 0.0, reps: int = 200) -> float:
     return round(statistics.median(times) * 1e6, 1)
 
 
+def zmq_send_probe_us(idle_s: float, reps: int = 200) -> float:
+    """Median microseconds one ZeroMQ send of a small frame takes after ``idle_s``.
+
+    A send hands the frame to ZeroMQ's I/O thread; if that thread sleeps, waking it
+    (and, on a busy core, yielding to it) is paid by the sender: the cost every node
+    pays per message at low load. Loopback TCP inside this process, as the nodes use.
+    """
+    ctx = zmq.Context()
+    try:
+        pull = ctx.socket(zmq.PULL)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push = ctx.socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{port}")
+        frame = b"x" * 256
+        push.send(frame)
+        pull.recv()  # connected both ways before timing anything
+        times = []
+        for _ in range(reps):
+            if idle_s:
+                time.sleep(idle_s)
+            t0 = time.perf_counter()
+            push.send(frame)
+            times.append(time.perf_counter() - t0)
+            pull.recv()
+        return round(statistics.median(times) * 1e6, 1)
+    finally:
+        ctx.destroy(linger=0)
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -900,6 +931,8 @@ def machine() -> dict[str, Any]:
         "loadavg_at_start": list(os.getloadavg()),
         "python_probe_warm_us": python_probe_us(),
         "python_probe_after_3ms_sleep_us": python_probe_us(0.003),
+        "zmq_send_warm_us": zmq_send_probe_us(0.0),
+        "zmq_send_after_3ms_idle_us": zmq_send_probe_us(0.003),
     }
 
 
@@ -1036,7 +1069,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"python probe: warm {m['python_probe_warm_us']} us at start,"
         f" {m['python_probe_warm_us_at_end']} us at end;"
-        f" {m['python_probe_after_3ms_sleep_us']} us right after a 3 ms sleep"
+        f" {m['python_probe_after_3ms_sleep_us']} us right after a 3 ms sleep;"
+        f" zmq send {m['zmq_send_warm_us']} us warm, {m['zmq_send_after_3ms_idle_us']} us"
+        " after 3 ms idle"
     )
     print(table(summary))
     for note in NOTES:

@@ -76,6 +76,7 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
     assert doc["machine"]["nproc"] >= 1 and doc["machine"]["python"]
     probes = ("python_probe_warm_us", "python_probe_warm_us_at_end")
     assert all(doc["machine"][k] > 0 for k in (*probes, "python_probe_after_3ms_sleep_us"))
+    assert doc["machine"]["zmq_send_warm_us"] > 0 < doc["machine"]["zmq_send_after_3ms_idle_us"]
     assert "python probe: warm" in proc.stdout
     assert "bench.py" in doc["command"]
     kinds = {(r["scenario"], r["kind"]) for r in doc["results"]}
