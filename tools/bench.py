@@ -402,8 +402,9 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 class CpuSampler(Monitor):
-    """Samples the node processes' total CPU time twice a second while a load runs:
-    CPU per committed op is steadier than latency from run to run on a shared VM."""
+    """Samples some processes' total CPU time twice a second while a load runs: CPU per
+    committed op is steadier than latency from run to run on a shared VM. The nodes',
+    and the load generators' (on the same cores, they take CPU the nodes could use)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.series: list[tuple[float, float]] = []  #: (wall time, CPU seconds of all nodes)
@@ -416,8 +417,10 @@ class CpuSampler(Monitor):
 
         super().__init__(sample)
 
-    def per_op(self, measure_from: float, measure_to: float, ops_s: float) -> dict[str, Any]:
-        """Node CPU microseconds per committed op over the measured window: the rate
+    def per_op(
+        self, measure_from: float, measure_to: float, ops_s: float, key: str = "cpu_us_op"
+    ) -> dict[str, Any]:
+        """CPU microseconds per committed op over the measured window: the rate
         between the last sample at or before its start and the first at or after its
         end (the nearest ones inside when the sampler missed an edge)."""
         pts = self.series
@@ -428,7 +431,7 @@ class CpuSampler(Monitor):
         (t0, c0), (t1, c1) = starts[-1], ends[0]
         if t1 - t0 < 0.4:
             return {}
-        return {"cpu_us_op": round((c1 - c0) / (t1 - t0) / ops_s * 1e6, 1)}
+        return {key: round((c1 - c0) / (t1 - t0) / ops_s * 1e6, 1)}
 
 
 class RssSampler(Monitor):
@@ -563,6 +566,7 @@ class Runner:
             Monitor(t.sample) as mon,
             RssSampler(t.pids()) as rss,
             CpuSampler(t.pids()) as cpu,
+            CpuSampler({str(i): w.pid for i, w in enumerate(workers)}) as load_cpu,
         ):
             end = start_at + self.args.warmup + duration_s + bench_load.DRAIN_S + 30
             for w in workers:
@@ -573,6 +577,9 @@ class Runner:
         res.update(rss.summary())
         measure_from = start_at + self.args.warmup
         res.update(cpu.per_op(measure_from, measure_from + duration_s, res["ops_s"]))
+        res.update(
+            load_cpu.per_op(measure_from, measure_from + duration_s, res["ops_s"], "load_cpu_us_op")
+        )
         res.update(server_window(metrics_before, t.server_metrics()))
         res["role_changes"] = t.role_changes() - role_changes_before
         res["workers_reported"] = f"{len(parts)}/{procs}"
@@ -776,6 +783,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "rss_late_mb",
             "rss_max_mb",
             "cpu_us_op",
+            "load_cpu_us_op",
             "fsync_p99_ms",
             "leader_turn_p99_ms",
             "leader_batch_mean",
@@ -828,6 +836,8 @@ def _notes(s: dict[str, Any]) -> str:
         parts.append(f"role_changes {s['role_changes']:.0f}")
     if s.get("cpu_us_op"):
         parts.append(f"cpu {s['cpu_us_op']:.0f}us/op")
+    if s.get("load_cpu_us_op"):
+        parts.append(f"load cpu {s['load_cpu_us_op']:.0f}us/op")
     if s.get("leader_turn_p99_ms") is not None:
         parts.append(
             f"turn p99 {s['leader_turn_p99_ms']:.1f}ms, fsync p99 {s['fsync_p99_ms'] or 0:.1f}ms,"

@@ -94,6 +94,7 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
         else:
             assert 5 < row["rss_early_mb"] <= row["rss_max_mb"], row  # every node's RSS, sampled
             assert row["cpu_us_op"] > 0, row  # the nodes' CPU time over the measured window
+            assert row["load_cpu_us_op"] > 0, row  # the load generators', on the same cores
             if row["kind"] == "zraft":  # the nodes' own histograms, read before and after
                 assert row["fsync_p99_ms"] > 0 and row["leader_turn_p99_ms"] > 0, row
                 assert row["leader_batch_mean"] >= 1 and row["leader_turns_per_append"] > 0, row
