@@ -49,8 +49,9 @@ def test_hundred_megabyte_state_installs_in_chunks(tmp_path: Path) -> None:
         seconds = time.monotonic() - started
         peak_mb = _peak_rss_mb(node.pid)
         print(f"\n100 MB state installed on n4 in {seconds:.1f}s; n4 peak RSS {peak_mb:.0f} MB")
-        # the state itself is 100 MB; an install that held the snapshot twice would pass 200
-        assert peak_mb < 1.6 * STATE_MB, f"peak RSS {peak_mb:.0f} MB"
+        # the state itself is 100 MB; an install that held the snapshot twice would pass 200.
+        # Peaks seen on one 2-core VM: 140-144 MB alone, 164 MB once in a full CI run.
+        assert peak_mb < 1.8 * STATE_MB, f"peak RSS {peak_mb:.0f} MB"
         with cluster.client(timeout=60) as c:
             assert c.query("get", "blob-7", consistency="local") is not None
         leader_log = cluster.nodes[leader].log_file.read_text()
