@@ -407,7 +407,7 @@ class CpuSampler(Monitor):
     and the load generators' (on the same cores, they take CPU the nodes could use)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
-        self.series: list[tuple[float, float]] = []  #: (wall time, CPU seconds of all nodes)
+        self.series: list[tuple[float, float]] = []  #: (wall time, CPU seconds of all of them)
 
         def sample() -> tuple[str, int]:
             used = [cpu_seconds(pid) for pid in pids.values()]

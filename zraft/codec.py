@@ -471,14 +471,15 @@ def _envelope(
 
 
 def _decode_body(tag: Any, fields: list[Any]) -> Decoded:
-    if tag == 16:  # the per-write messages: a fast path for the valid ones
-        req = _valid_request(fields)
-        if req is not None:
-            return req
-    elif tag == 17:
-        reply = _valid_reply(fields)
-        if reply is not None:
-            return reply
+    if type(tag) is int:  # not 16.0: the schema path refuses any tag but an int
+        if tag == 16:  # the per-write messages: a fast path for the valid ones
+            req = _valid_request(fields)
+            if req is not None:
+                return req
+        elif tag == 17:
+            reply = _valid_reply(fields)
+            if reply is not None:
+                return reply
     return _decode_checked(tag, fields)
 
 

@@ -382,6 +382,14 @@ def _fast_and_checked_agree(tag: int, body: list[Any]) -> None:
     assert [type(v) for v in fast] == [type(v) for v in checked]
 
 
+def test_a_client_message_tag_must_be_an_int() -> None:
+    """msgpack also carries 16.0; the fast path must not take what the schema refuses."""
+    assert reason_of(envelope(16.0, 1, "apply", "", [], b"", 0, "linearizable", 10)) == (
+        "unknown_tag"
+    )
+    assert reason_of(envelope(17.0, 1, True, None, "", "", "", "")) == "unknown_tag"
+
+
 @pytest.mark.parametrize("msg", [m for m in EXAMPLES if isinstance(m, ClientRequest | ClientReply)])
 def test_the_client_message_fast_path_agrees_on_every_edge_value(msg: Any) -> None:
     """A leader decodes requests (and a client replies) on a fast path; it must accept
