@@ -3,7 +3,8 @@
 
 ``client``: a pipelined ZeroMQ DEALER keeps up to ``--window`` puts in flight
 against the leader (closed loop), or offers ``--rate`` puts per second (open
-loop, still capped by the window). ``embedded``: this process hosts a
+loop, still capped by the window; an op's latency counts from when it was due, so the
+generator's own sleeps and stalls show in the numbers). ``embedded``: this process hosts a
 ``zraft.Node`` that takes leadership and drives ``apply_async`` from asyncio.
 
 Both write one JSON result (see :meth:`Stats.to_json`) to ``--out``. The
@@ -286,7 +287,7 @@ class _Pipeline:
                 if self.next_send > now:
                     return
                 n = min(n, int((now - self.next_send) / self.interval_s) + 1)  # the ops due
-                self.next_send += n * self.interval_s
+            due = self.next_send  # paced: latency counts from when the op was due
             ids = range(self.next_id, self.next_id + n)
             keys = [f"w{cfg.worker_id}:{i % cfg.key_space}" for i in ids]
             if n == 1:
@@ -295,11 +296,18 @@ class _Pipeline:
                 frame = self.proto.encode_puts(list(zip(ids, keys, strict=True)), self.value)
             try:
                 self.conn.sock.send(frame, zmq.NOBLOCK)
-            except zmq.Again:  # not connected yet, or the pipe is full
-                self.stats.unsent += n if self.interval_s else 0
+            except zmq.Again:  # not connected yet, or the pipe is full: these ops are skipped
+                if self.interval_s:
+                    self.stats.unsent += n
+                    self.next_send += n * self.interval_s
                 return
-            for i in ids:
-                self.inflight[i] = now
+            if self.interval_s:
+                for k, i in enumerate(ids):
+                    self.inflight[i] = due + k * self.interval_s
+                self.next_send += n * self.interval_s
+            else:
+                for i in ids:
+                    self.inflight[i] = now
             self.next_id += n
             self.stats.sent += n
         if self.interval_s and self.next_send <= now:  # window full: the offered op is skipped
