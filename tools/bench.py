@@ -584,6 +584,7 @@ class Runner:
         res["role_changes"] = t.role_changes() - role_changes_before
         res["workers_reported"] = f"{len(parts)}/{procs}"
         res["offered_ops_s"] = rate_total or None
+        res["client_procs"], res["window_per_proc"] = procs, window
         res["disk_bytes"], res["disk_alloc_bytes"] = t.disk_usage()
         return res
 
@@ -601,13 +602,16 @@ class Runner:
                 return self.client_load(
                     t, payload, a.client_procs, a.window, duration_s=a.memory_duration
                 )
-            if scenario == "half-load" and a.paced_rate:  # a fixed rate: A/B comparisons
-                return self.client_load(t, payload, a.client_procs, a.window, a.paced_rate)
-            if scenario in ("half-load", "overload"):
+            if scenario == "half-load":
+                # the paced load comes from --half-load-procs processes with the same total
+                # in-flight cap as the peak probe's --client-procs
+                procs = a.half_load_procs
+                window = max(1, a.window * a.client_procs // procs)
+                rate = a.paced_rate or 0.5 * self.peak(t, v, payload)
+                return self.client_load(t, payload, procs, window, rate)
+            if scenario == "overload":
                 peak = self.peak(t, v, payload)
-                factor = 0.5 if scenario == "half-load" else 3.0
-                window = a.window if scenario == "half-load" else a.overload_window
-                return self.client_load(t, payload, a.client_procs, window, factor * peak)
+                return self.client_load(t, payload, a.client_procs, a.overload_window, 3 * peak)
             return self.client_load(t, payload, a.client_procs, a.window)
 
     def peak(self, t: Target, v: Variant, payload: int) -> float:
@@ -776,7 +780,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         s["kind"] = rs[0]["kind"]
         for k in ("ops_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "offered_ops_s"):
             s[k] = _median([r.get(k) for r in rs])
-        for k in ("leader_changes", "term_delta", "role_changes", "disk_bytes", "disk_alloc_bytes"):
+        for k in (
+            "leader_changes",
+            "term_delta",
+            "role_changes",
+            "disk_bytes",
+            "disk_alloc_bytes",
+            "client_procs",
+        ):
             s[k] = _median([r.get(k) for r in rs])
         for k in (
             "rss_early_mb",
@@ -829,7 +840,8 @@ def _notes(s: dict[str, Any]) -> str:
     if s["errors"]:
         parts.append("errors " + ",".join(f"{k}={v}" for k, v in sorted(s["errors"].items())))
     if s.get("offered_ops_s"):
-        parts.append(f"offered {s['offered_ops_s']:.0f}/s")
+        procs = s.get("client_procs") or 0
+        parts.append(f"offered {s['offered_ops_s']:.0f}/s by {procs:.0f} client proc(s)")
     if s.get("term_delta"):
         parts.append(f"terms+{s['term_delta']:.0f}")
     if s.get("role_changes"):
@@ -1006,6 +1018,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before")
     p.add_argument("--client-procs", type=int, default=4)
     p.add_argument("--window", type=int, default=64, help="outstanding ops per client process")
+    p.add_argument(
+        "--half-load-procs",
+        type=int,
+        default=1,
+        help="half-load: client processes offering the paced load (the peak probe uses"
+        " --client-procs); one client, as the target reads, and the least load-generator"
+        " CPU beside the nodes",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="puts per frame, batched")
     p.add_argument("--batch-window", type=int, default=1024, help="per process, batched")
     p.add_argument("--overload-window", type=int, default=8192, help="per process, overload")
@@ -1038,6 +1058,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.fsync = args.fsync or ["always"]
     if not (1 <= args.rounds <= MAX_ROUNDS and 1 <= args.client_procs <= MAX_PROCS):
         p.error(f"--rounds 1..{MAX_ROUNDS}, --client-procs 1..{MAX_PROCS}")
+    if not 1 <= args.half_load_procs <= MAX_PROCS:
+        p.error(f"--half-load-procs 1..{MAX_PROCS}")
     if not (0 < args.duration <= bench_load.MAX_DURATION_S and args.warmup >= 0):
         p.error("--duration must be in (0, 3600], --warmup >= 0")
     return args

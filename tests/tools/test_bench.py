@@ -102,3 +102,25 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
     assert all(s["ratio"] is not None and s["ratio"] > 0 for s in zraft_rows)
     assert "pysyncobj" in proc.stdout and "ratio" in proc.stdout  # the printed table
     assert list(tmp.iterdir()) == [], "the tool left temp dirs behind"
+
+
+@pytest.mark.process
+def test_half_load_is_offered_by_one_client_with_the_same_in_flight_cap(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, str(REPO / "tools" / "bench.py"), "--systems", "zraft",
+        "--scenario", "half-load", "--paced-rate", "300", "--payload", "10",
+        "--rounds", "1", "--duration", "1", "--warmup", "0.3",
+        "--client-procs", "2", "--window", "4", "--json", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["scenario"] == "half-load" and row["offered_ops_s"] == 300
+    assert row["client_procs"] == 1 and row["window_per_proc"] == 8  # 2 procs x 4 in flight
+    assert row["workers_reported"] == "1/1" and row["ok"] > 0
+    assert "by 1 client proc(s)" in proc.stdout
+    assert list(tmp.iterdir()) == [], "the tool left temp dirs behind"
