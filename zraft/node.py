@@ -686,9 +686,10 @@ class Node:
         self._run_queued_calls()
 
     def _run_queued_calls(self) -> None:
-        """Run posted calls and take submitted commands, a bounded number per turn."""
+        """Run posted calls and take submitted commands, one batch's worth per turn."""
         submitted = self._submitted
-        for _ in range(min(len(submitted), 4 * self.config.max_batch)):
+        room = self.config.max_batch - len(self._proposals)
+        for _ in range(min(len(submitted), room)):
             self._enqueue_proposal(*submitted.popleft())
         for _ in range(100_000):
             try:
@@ -913,23 +914,30 @@ class Node:
             self._proposals.append((data, deliver, deadline, cmd))
 
     def _flush_proposals(self) -> None:
-        while self._proposals:
-            batch = self._proposals[: self.config.max_batch]
-            del self._proposals[: self.config.max_batch]
-            try:
-                term, first = self.core.propose([data for data, _, _, _ in batch])
-            except core_raft.NotLeader:
-                out = self._not_leader()
-                for _, deliver, _, _ in batch:
-                    deliver(out)
-                continue
-            except core_raft.ProposalDropped as exc:
-                out = Outcome(False, error="busy", message=str(exc) or "proposal dropped")
-                for _, deliver, _, _ in batch:
-                    deliver(out)
-                continue
-            for index, (_, deliver, deadline, cmd) in enumerate(batch, first):
-                self._track(index, _Pending(term, deliver, deadline, cmd))
+        """Propose at most ``max_batch`` commands per turn; the rest wait for the next.
+
+        A turn's work must stay bounded: appends and heartbeats go out once per turn,
+        and a leader that took 8192 commands in one turn (persist, encode, apply) ran
+        turns of 600 ms on a slow host, long enough for its followers to elect another.
+        """
+        if not self._proposals:
+            return
+        batch = self._proposals[: self.config.max_batch]
+        del self._proposals[: self.config.max_batch]
+        try:
+            term, first = self.core.propose([data for data, _, _, _ in batch])
+        except core_raft.NotLeader:
+            out = self._not_leader()
+            for _, deliver, _, _ in batch:
+                deliver(out)
+            return
+        except core_raft.ProposalDropped as exc:
+            out = Outcome(False, error="busy", message=str(exc) or "proposal dropped")
+            for _, deliver, _, _ in batch:
+                deliver(out)
+            return
+        for index, (_, deliver, deadline, cmd) in enumerate(batch, first):
+            self._track(index, _Pending(term, deliver, deadline, cmd))
 
     def _track(self, index: int, pending: _Pending) -> None:
         """Remember who waits for ``index``; an older waiter there was overwritten for sure."""

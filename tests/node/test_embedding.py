@@ -328,6 +328,31 @@ def test_a_slow_turn_is_logged_with_where_the_time_went(tmp_path: Path) -> None:
     assert slow[0]["total_ms"] >= 300 and slow[0]["apply_ms"] >= 290, slow[0]
 
 
+def test_a_backlog_is_proposed_one_batch_per_turn(tmp_path: Path) -> None:
+    """Commands that pile up while the reactor is busy go out max_batch per turn: a turn
+    that took them all (persist, encode, apply) once ran long enough for a loaded
+    leader's followers to elect another."""
+    port = free_ports(1)[0]
+    addr = f"tcp://127.0.0.1:{port}"
+    cfg = zraft.Config(
+        node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(tmp_path), max_batch=8
+    )
+
+    async def pile_up(node: zraft.Node) -> list[Any]:
+        crawl = asyncio.ensure_future(node.apply_async("crawl", 0.5, timeout=20))
+        await asyncio.sleep(0.1)  # the reactor is inside crawl now: everything below queues
+        adds = [node.apply_async("add", 1, timeout=20) for _ in range(200)]
+        return await asyncio.gather(crawl, *adds)
+
+    with zraft.Node(cfg, Slow()) as node:
+        _wait_leader([node])
+        results = asyncio.run(pile_up(node))
+        assert results[0] == 0.5 and sorted(results[1:]) == list(range(1, 201))
+        batch = node.status()["metrics"]["append_batch"]
+    assert batch["max"] <= 8, batch  # 4 x max_batch per turn before the fix
+    assert batch["count"] >= 200 // 8
+
+
 def test_automatic_snapshots_are_jittered_per_node(tmp_path: Path) -> None:
     """Nodes applying the same log must not all snapshot at the same index (a stall)."""
     every = 200
