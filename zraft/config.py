@@ -56,7 +56,7 @@ class Config:
     #: (off: it fsyncs inline, overlapping the followers' fsyncs all the same). Off by
     #: default: on our 2-core bench machine it cost ~10% of peak throughput.
     async_leader_flush: bool = False
-    max_batch: int = 2048  #: client commands per log append (one fsync)
+    max_batch: int = 2048  #: client commands per log append (one fsync) and per reactor turn
     max_pending: int = 20000  #: in-flight commands before callers get BusyError
     max_msg_bytes: int = 1 << 20  #: entry bytes per AppendEntries
     max_inflight_msgs: int = 64  #: pipelined AppendEntries per follower
