@@ -55,29 +55,37 @@ def test_merge_and_ratio() -> None:
     assert summary["pysyncobj"]["ratio"] is None
 
 
-@pytest.mark.process
-def test_bench_smoke_json_shape(tmp_path: Path) -> None:
+def _run_bench(tmp_path: Path, args: list[str]) -> tuple[str, dict[str, Any]]:
+    """Run tools/bench.py with its temp dirs under ``tmp_path``: (stdout, the JSON)."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable, str(REPO / "tools" / "bench.py"),
-        "--scenario", "sequential", "--scenario", "clients", "--scenario", "memory",
-        "--scenario", "embedded", "--embedded-window", "16",
-        "--memory-duration", "1", "--payload", "10",
-        "--rounds", "1", "--duration", "1", "--warmup", "0.3",
-        "--client-procs", "1", "--window", "4", "--json", str(out),
-    ]  # fmt: skip
+    cmd = [sys.executable, str(REPO / "tools" / "bench.py"), *args, "--json", str(out)]
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc: dict[str, Any] = json.loads(out.read_text())
+    assert list(tmp.iterdir()) == [], "the tool left temp dirs behind"
+    return proc.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.process
+def test_bench_smoke_json_shape(tmp_path: Path) -> None:
+    stdout, doc = _run_bench(
+        tmp_path,
+        [
+            "--scenario", "sequential", "--scenario", "clients", "--scenario", "memory",
+            "--scenario", "embedded", "--embedded-window", "16",
+            "--memory-duration", "1", "--payload", "10",
+            "--rounds", "1", "--duration", "1", "--warmup", "0.3",
+            "--client-procs", "1", "--window", "4",
+        ],
+    )  # fmt: skip
     assert {"machine", "date", "command", "settings", "notes", "summary", "results"} <= set(doc)
     assert doc["machine"]["nproc"] >= 1 and doc["machine"]["python"]
     probes = ("python_probe_warm_us", "python_probe_warm_us_at_end")
     assert all(doc["machine"][k] > 0 for k in (*probes, "python_probe_after_3ms_sleep_us"))
     assert doc["machine"]["zmq_send_warm_us"] > 0 < doc["machine"]["zmq_send_after_3ms_idle_us"]
-    assert "python probe: warm" in proc.stdout
+    assert "python probe: warm" in stdout
     assert "bench.py" in doc["command"]
     kinds = {(r["scenario"], r["kind"]) for r in doc["results"]}
     scenarios = ("sequential", "clients", "memory", "embedded")
@@ -100,27 +108,21 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
                 assert row["leader_batch_mean"] >= 1 and row["leader_turns_per_append"] > 0, row
     zraft_rows = [s for s in doc["summary"] if s["kind"] == "zraft"]
     assert all(s["ratio"] is not None and s["ratio"] > 0 for s in zraft_rows)
-    assert "pysyncobj" in proc.stdout and "ratio" in proc.stdout  # the printed table
-    assert list(tmp.iterdir()) == [], "the tool left temp dirs behind"
+    assert "pysyncobj" in stdout and "ratio" in stdout  # the printed table
 
 
 @pytest.mark.process
 def test_half_load_is_offered_by_one_client_with_the_same_in_flight_cap(tmp_path: Path) -> None:
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable, str(REPO / "tools" / "bench.py"), "--systems", "zraft",
-        "--scenario", "half-load", "--paced-rate", "300", "--payload", "10",
-        "--rounds", "1", "--duration", "1", "--warmup", "0.3",
-        "--client-procs", "2", "--window", "4", "--json", str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "TMPDIR": str(tmp)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (row,) = json.loads(out.read_text())["results"]
+    stdout, doc = _run_bench(
+        tmp_path,
+        [
+            "--systems", "zraft", "--scenario", "half-load", "--paced-rate", "300",
+            "--payload", "10", "--rounds", "1", "--duration", "1", "--warmup", "0.3",
+            "--client-procs", "2", "--window", "4",
+        ],
+    )  # fmt: skip
+    (row,) = doc["results"]
     assert row["scenario"] == "half-load" and row["offered_ops_s"] == 300
     assert row["client_procs"] == 1 and row["window_per_proc"] == 8  # 2 procs x 4 in flight
     assert row["workers_reported"] == "1/1" and row["ok"] > 0
-    assert "by 1 client proc(s)" in proc.stdout
-    assert list(tmp.iterdir()) == [], "the tool left temp dirs behind"
+    assert "by 1 client proc(s)" in stdout
