@@ -927,17 +927,15 @@ class Node:
         try:
             term, first = self.core.propose([data for data, _, _, _ in batch])
         except core_raft.NotLeader:
-            out = self._not_leader()
-            for _, deliver, _, _ in batch:
-                deliver(out)
-            return
+            refused = self._not_leader()
         except core_raft.ProposalDropped as exc:
-            out = Outcome(False, error="busy", message=str(exc) or "proposal dropped")
-            for _, deliver, _, _ in batch:
-                deliver(out)
+            refused = Outcome(False, error="busy", message=str(exc) or "proposal dropped")
+        else:
+            for index, (_, deliver, deadline, cmd) in enumerate(batch, first):
+                self._track(index, _Pending(term, deliver, deadline, cmd))
             return
-        for index, (_, deliver, deadline, cmd) in enumerate(batch, first):
-            self._track(index, _Pending(term, deliver, deadline, cmd))
+        for _, deliver, _, _ in batch:
+            deliver(refused)
 
     def _track(self, index: int, pending: _Pending) -> None:
         """Remember who waits for ``index``; an older waiter there was overwritten for sure."""

@@ -30,9 +30,6 @@ class _FakeSock:
             raise zmq.Again()
         self.frames.append(frame)
 
-    def close(self, linger: int = 0) -> None:
-        pass
-
 
 class _FakeConn:
     def __init__(self) -> None:
@@ -41,17 +38,11 @@ class _FakeConn:
 
 def _pipeline(rate_ops: float, window: int = 64) -> tuple[bench_load._Pipeline, _FakeSock]:
     cfg = bench_load.LoadConfig(start_at=0.0, duration_s=1.0, rate_ops=rate_ops, window=window)
-    p = bench_load._Pipeline.__new__(bench_load._Pipeline)
-    p.proto, p.cfg = bench_load.ZraftProtocol(), cfg
+    p = bench_load._Pipeline(bench_load.ZraftProtocol(), ["inproc://bench-load-test"], cfg)
+    p.conn.close()
     conn = _FakeConn()
     p.conn = conn  # type: ignore[assignment]  # duck-typed: only .sock is used
-    p.stats = bench_load.Stats(cfg.measure_from, cfg.measure_to)
-    p.inflight = {}
-    p.value = b"v"
-    p.next_id = 1
-    p.pause_until = 0.0
-    p.interval_s = 1.0 / rate_ops if rate_ops else 0.0
-    p.next_send = 10.0
+    p.next_send = 10.0  # run() starts the pacing clock; here time is an argument
     return p, conn.sock
 
 
