@@ -57,6 +57,10 @@ class Config:
     #: default: on our 2-core bench machine it cost ~10% of peak throughput.
     async_leader_flush: bool = False
     max_batch: int = 2048  #: client commands per log append (one fsync) and per reactor turn
+    #: a turn that proposed and ran longer than this halves the next turns' batch (growing
+    #: back while turns are short): heartbeats wait for a turn to end. None = 2/5 of
+    #: the minimum election timeout (200 ms by default)
+    max_turn_ms: int | None = None
     max_pending: int = 20000  #: in-flight commands before callers get BusyError
     max_msg_bytes: int = 1 << 20  #: entry bytes per AppendEntries
     max_inflight_msgs: int = 64  #: pipelined AppendEntries per follower
@@ -72,6 +76,13 @@ class Config:
     @property
     def address(self) -> str:
         return self.advertise or self.bind
+
+    @property
+    def turn_budget_ms(self) -> int:
+        """``max_turn_ms``, or its default: 2/5 of the minimum election timeout."""
+        if self.max_turn_ms is not None:
+            return self.max_turn_ms
+        return max(1, self.tick_ms * self.election_ticks * 2 // 5)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first wrong option."""
@@ -123,6 +134,8 @@ class Config:
             seen[addr] = nid
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError("heartbeat_ticks must be smaller than election_ticks")
+        if self.max_turn_ms is not None and self.max_turn_ms <= 0:
+            raise ConfigError("max_turn_ms must be > 0 (or unset: 2/5 of the election timeout)")
         if self.snapshot_entries < 0 or self.snapshot_trailing < 0:
             raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
         return self

@@ -27,6 +27,7 @@ import structlog
 import zmq
 
 from zraft import codec
+from zraft.budget import TurnBudget
 from zraft.config import ADDR_RE, ID_RE, Config
 from zraft.core import raft as core_raft
 from zraft.core.types import (
@@ -286,6 +287,8 @@ class Node:
         self._turn_persist_s = 0.0  #: this reactor turn's time in _persist (see slow_turn)
         self._turn_apply_s = 0.0  #: ... and in sending + applying
         self._turn_us = Histogram()  #: reactor turns that did work (see status()["metrics"])
+        self._budget = TurnBudget(config.max_batch, config.turn_budget_ms)
+        self._turn_proposed = 0  #: commands this turn proposed (for the budget)
         self._append_batch = Histogram()  #: entries per log append (one fsync each)
 
     # ------------------------------------------------------------------ lifecycle
@@ -653,8 +656,10 @@ class Node:
             t_end = time.monotonic()
             if ready_socks or busy:
                 self._turn_us.observe(int((t_end - t_start) * 1e6))
+            self._budget.observe(t_end - t_start, self._turn_proposed)
             if t_end - t_start > slow_s:
                 self._log_slow_turn(t_start, t_inbound, t_calls, t_ready, t_end)
+            self._turn_proposed = 0
 
     def _log_slow_turn(
         self, t_start: float, t_inbound: float, t_calls: float, t_ready: float, t_end: float
@@ -673,6 +678,8 @@ class Node:
             ready_ms=ms(t_end - t_ready),
             persist_ms=ms(self._turn_persist_s),
             apply_ms=ms(self._turn_apply_s),
+            proposed=self._turn_proposed,
+            next_budget=self._budget.size,
         )
 
     def _calls_waiting(self) -> bool:
@@ -688,7 +695,7 @@ class Node:
     def _run_queued_calls(self) -> None:
         """Run posted calls and take submitted commands, one batch's worth per turn."""
         submitted = self._submitted
-        room = self.config.max_batch - len(self._proposals)
+        room = self._budget.size - len(self._proposals)
         for _ in range(min(len(submitted), room)):
             self._enqueue_proposal(*submitted.popleft())
         for _ in range(100_000):
@@ -914,7 +921,7 @@ class Node:
             self._proposals.append((data, deliver, deadline, cmd))
 
     def _flush_proposals(self) -> None:
-        """Propose at most ``max_batch`` commands per turn; the rest wait for the next.
+        """Propose at most the turn's budget (see :mod:`zraft.budget`); the rest wait.
 
         A turn's work must stay bounded: appends and heartbeats go out once per turn,
         and a leader that took 8192 commands in one turn (persist, encode, apply) ran
@@ -922,8 +929,10 @@ class Node:
         """
         if not self._proposals:
             return
-        batch = self._proposals[: self.config.max_batch]
-        del self._proposals[: self.config.max_batch]
+        size = self._budget.size
+        batch = self._proposals[:size]
+        del self._proposals[:size]
+        self._turn_proposed = len(batch)
         try:
             term, first = self.core.propose([data for data, _, _, _ in batch])
         except core_raft.NotLeader:
@@ -1698,11 +1707,14 @@ class Node:
 
     def _metrics(self) -> dict[str, Any]:
         """Since start: how long log fsyncs and busy reactor turns took (a message that
-        arrives mid-turn waits for the turn to end), and entries per log append."""
+        arrives mid-turn waits for the turn to end), entries per log append, and the
+        turn budget (how many commands a turn may propose now; how often long turns
+        shrank it)."""
         return {
             "log_fsync": self.storage.fsync_histogram().summary(1000, "ms"),
             "turn": self._turn_us.summary(1000, "ms"),
             "append_batch": self._append_batch.summary(),
+            "turn_budget": {"size": self._budget.size, "shrinks": self._budget.shrinks},
         }
 
 

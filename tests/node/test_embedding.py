@@ -353,6 +353,37 @@ def test_a_backlog_is_proposed_one_batch_per_turn(tmp_path: Path) -> None:
     assert batch["count"] >= 200 // 8
 
 
+def test_turns_that_run_long_shrink_the_next_turns_batch(tmp_path: Path) -> None:
+    """Count alone does not bound a turn (a command's cost depends on the host and the
+    handler): a backlog of 2 ms commands with max_batch=64 would run 128 ms turns, so
+    with max_turn_ms=20 the budget halves until a turn fits."""
+    port = free_ports(1)[0]
+    addr = f"tcp://127.0.0.1:{port}"
+    cfg = zraft.Config(
+        node_id="solo",
+        bind=addr,
+        peers={"solo": addr},
+        data_dir=str(tmp_path),
+        max_batch=64,
+        max_turn_ms=20,
+    )
+
+    async def pile_up(node: zraft.Node) -> list[Any]:
+        block = asyncio.ensure_future(node.apply_async("crawl", 0.3, timeout=30))
+        await asyncio.sleep(0.1)  # the reactor is inside the first crawl: the rest queue
+        naps = [node.apply_async("crawl", 0.002, timeout=30) for _ in range(300)]
+        return await asyncio.gather(block, *naps)
+
+    with zraft.Node(cfg, Slow()) as node:
+        _wait_leader([node])
+        results = asyncio.run(pile_up(node))
+        assert results == [0.3] + [0.002] * 300
+        m = node.status()["metrics"]
+    budget, batch = m["turn_budget"], m["append_batch"]
+    assert budget["shrinks"] >= 3 and budget["size"] <= 16, budget  # 64 -> 32 -> 16 -> 8
+    assert batch["count"] >= 15, batch  # 300 / 64 = 5 appends at a fixed max_batch
+
+
 def test_automatic_snapshots_are_jittered_per_node(tmp_path: Path) -> None:
     """Nodes applying the same log must not all snapshot at the same index (a stall)."""
     every = 200
