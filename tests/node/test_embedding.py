@@ -39,15 +39,16 @@ class Counter(zraft.StateMachine):
         self.value = int(data)
 
 
-def _single(tmp_path: Path, sm: zraft.StateMachine) -> zraft.Node:
-    port = free_ports(1)[0]
-    addr = f"tcp://127.0.0.1:{port}"
-    return zraft.Node(
-        zraft.Config(
-            node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(tmp_path / "solo")
-        ),
-        sm,
+def _solo_config(data_dir: Path, **overrides: Any) -> zraft.Config:
+    """A single-node cluster on a free loopback port."""
+    addr = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    return zraft.Config(
+        node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(data_dir), **overrides
     )
+
+
+def _single(tmp_path: Path, sm: zraft.StateMachine) -> zraft.Node:
+    return zraft.Node(_solo_config(tmp_path / "solo"), sm)
 
 
 @pytest.fixture
@@ -313,11 +314,7 @@ class Slow(Counter):
 def test_a_slow_turn_is_logged_with_where_the_time_went(tmp_path: Path) -> None:
     from structlog.testing import capture_logs
 
-    port = free_ports(1)[0]
-    addr = f"tcp://127.0.0.1:{port}"
-    cfg = zraft.Config(
-        node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(tmp_path), slow_turn_ms=100
-    )
+    cfg = _solo_config(tmp_path, slow_turn_ms=100)
     with capture_logs() as logs, zraft.Node(cfg, Slow()) as node:
         _wait_leader([node])
         node.apply("add", 1, timeout=10)
@@ -328,25 +325,23 @@ def test_a_slow_turn_is_logged_with_where_the_time_went(tmp_path: Path) -> None:
     assert slow[0]["total_ms"] >= 300 and slow[0]["apply_ms"] >= 290, slow[0]
 
 
+async def _behind_a_crawl(
+    node: zraft.Node, crawl_s: float, name: str, arg: Any, count: int
+) -> list[Any]:
+    """Queue ``count`` commands while the reactor is inside a ``crawl_s`` handler."""
+    crawl = asyncio.ensure_future(node.apply_async("crawl", crawl_s, timeout=30))
+    await asyncio.sleep(0.1)  # the reactor is inside crawl now: everything below queues
+    calls = [node.apply_async(name, arg, timeout=30) for _ in range(count)]
+    return await asyncio.gather(crawl, *calls)
+
+
 def test_a_backlog_is_proposed_one_batch_per_turn(tmp_path: Path) -> None:
     """Commands that pile up while the reactor is busy go out max_batch per turn: a turn
     that took them all (persist, encode, apply) once ran long enough for a loaded
     leader's followers to elect another."""
-    port = free_ports(1)[0]
-    addr = f"tcp://127.0.0.1:{port}"
-    cfg = zraft.Config(
-        node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(tmp_path), max_batch=8
-    )
-
-    async def pile_up(node: zraft.Node) -> list[Any]:
-        crawl = asyncio.ensure_future(node.apply_async("crawl", 0.5, timeout=20))
-        await asyncio.sleep(0.1)  # the reactor is inside crawl now: everything below queues
-        adds = [node.apply_async("add", 1, timeout=20) for _ in range(200)]
-        return await asyncio.gather(crawl, *adds)
-
-    with zraft.Node(cfg, Slow()) as node:
+    with zraft.Node(_solo_config(tmp_path, max_batch=8), Slow()) as node:
         _wait_leader([node])
-        results = asyncio.run(pile_up(node))
+        results = asyncio.run(_behind_a_crawl(node, 0.5, "add", 1, 200))
         assert results[0] == 0.5 and sorted(results[1:]) == list(range(1, 201))
         batch = node.status()["metrics"]["append_batch"]
     assert batch["max"] <= 8, batch  # 4 x max_batch per turn before the fix
@@ -357,26 +352,9 @@ def test_turns_that_run_long_shrink_the_next_turns_batch(tmp_path: Path) -> None
     """Count alone does not bound a turn (a command's cost depends on the host and the
     handler): a backlog of 2 ms commands with max_batch=64 would run 128 ms turns, so
     with max_turn_ms=20 the budget halves until a turn fits."""
-    port = free_ports(1)[0]
-    addr = f"tcp://127.0.0.1:{port}"
-    cfg = zraft.Config(
-        node_id="solo",
-        bind=addr,
-        peers={"solo": addr},
-        data_dir=str(tmp_path),
-        max_batch=64,
-        max_turn_ms=20,
-    )
-
-    async def pile_up(node: zraft.Node) -> list[Any]:
-        block = asyncio.ensure_future(node.apply_async("crawl", 0.3, timeout=30))
-        await asyncio.sleep(0.1)  # the reactor is inside the first crawl: the rest queue
-        naps = [node.apply_async("crawl", 0.002, timeout=30) for _ in range(300)]
-        return await asyncio.gather(block, *naps)
-
-    with zraft.Node(cfg, Slow()) as node:
+    with zraft.Node(_solo_config(tmp_path, max_batch=64, max_turn_ms=20), Slow()) as node:
         _wait_leader([node])
-        results = asyncio.run(pile_up(node))
+        results = asyncio.run(_behind_a_crawl(node, 0.3, "crawl", 0.002, 300))
         assert results == [0.3] + [0.002] * 300
         m = node.status()["metrics"]
     budget, batch = m["turn_budget"], m["append_batch"]
@@ -389,16 +367,7 @@ def test_automatic_snapshots_are_jittered_per_node(tmp_path: Path) -> None:
     every = 200
     gaps: dict[int, list[int]] = {}
     for seed in (1, 2):
-        port = free_ports(1)[0]
-        addr = f"tcp://127.0.0.1:{port}"
-        cfg = zraft.Config(
-            node_id="solo",
-            bind=addr,
-            peers={"solo": addr},
-            data_dir=str(tmp_path / str(seed)),
-            snapshot_entries=every,
-            seed=seed,
-        )
+        cfg = _solo_config(tmp_path / str(seed), snapshot_entries=every, seed=seed)
         taken: list[int] = []
         with zraft.Node(cfg, Counter()) as node:
             node.on("snapshot_taken", lambda ev, into=taken: into.append(int(ev.value)))
