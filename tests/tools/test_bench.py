@@ -105,10 +105,14 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
             assert row["load_cpu_us_op"] > 0, row  # the load generators', on the same cores
             if row["kind"] == "zraft":  # the nodes' own histograms, read before and after
                 assert row["fsync_p99_ms"] > 0 and row["leader_turn_p99_ms"] > 0, row
+                # the longest turn and fsync of any node: where a short stall shows
+                assert row["turn_max_ms"] >= row["leader_turn_p99_ms"], row
+                assert row["fsync_max_ms"] >= row["fsync_p99_ms"], row
                 assert row["leader_batch_mean"] >= 1 and row["leader_turns_per_append"] > 0, row
     zraft_rows = [s for s in doc["summary"] if s["kind"] == "zraft"]
     assert all(s["ratio"] is not None and s["ratio"] > 0 for s in zraft_rows)
     assert "pysyncobj" in stdout and "ratio" in stdout  # the printed table
+    assert "max turn <=" in stdout
 
 
 @pytest.mark.process
