@@ -244,6 +244,31 @@ def test_restarted_peer_on_same_address_is_reached_and_heard(ctx: zmq.Context[An
         a.close()
 
 
+def test_connects_to_a_down_peer_are_retried_at_least_every_half_second(
+    ctx: zmq.Context[Any],
+) -> None:
+    """ZeroMQ doubles the wait between connect attempts; capped at 2 s it kept a
+    restarted node unheard for up to 2 s, longer than an election timeout."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    a = Transport(ctx, "a", LOCAL_ANY, {}, CID)
+    a.set_peers({"b": f"tcp://127.0.0.1:{free_port()}"})  # nobody listens there
+    dealer = a._dealers["b"][1]
+    monitor = dealer.get_monitor_socket(zmq.EVENT_CONNECT_RETRIED)
+    waits_ms: list[int] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(waits_ms) < 6 and time.monotonic() < deadline:
+            if monitor.poll(200):
+                waits_ms.append(int(recv_monitor_message(monitor)["value"]))
+    finally:
+        dealer.disable_monitor()
+        monitor.close(linger=0)
+        a.close()
+    assert len(waits_ms) == 6, waits_ms
+    assert waits_ms[:3] == [100, 200, 400] and max(waits_ms) == 500, waits_ms  # not 800..2000
+
+
 def test_set_peers_opens_closes_and_moves_dealers(pair: tuple[Transport, Transport]) -> None:
     a, b = pair
     a.set_peers({})
