@@ -339,11 +339,11 @@ def server_window(
         if turns.count():
             turn_max.append(turns.max / 1000)
         if m.get("role") == "leader":
-            turn, batch = win("turn"), win("append_batch")
+            batch = win("append_batch")
             appends = batch.count()
-            out["leader_turn_p99_ms"] = turn.percentile(0.99) / 1000
+            out["leader_turn_p99_ms"] = turns.percentile(0.99) / 1000
             out["leader_batch_mean"] = round(batch.total / appends, 1) if appends else 0
-            out["leader_turns_per_append"] = round(turn.count() / appends, 2) if appends else None
+            out["leader_turns_per_append"] = round(turns.count() / appends, 2) if appends else None
     if fsync_p99:
         out["fsync_p99_ms"] = max(fsync_p99)
         out["fsync_max_ms"] = max(fsync_max)
