@@ -622,6 +622,7 @@ class Node:
         next_tick = time.monotonic() + tick_s
         self._stop_requested = False
         slow_s = self.config.slow_turn_ms / 1000
+        max_turn_s = self.config.turn_budget_ms / 1000
         while not self._stop_requested:
             busy = (
                 self._proposals or self._reads_new or self.core.has_ready() or self._calls_waiting()
@@ -652,6 +653,8 @@ class Node:
             self._turn_persist_s = self._turn_apply_s = 0.0
             while self.core.has_ready():
                 self._handle_ready(self.core.ready())
+                if time.monotonic() - t_start > max_turn_s:
+                    break  # a backlog (a restart's applies): inbound and heartbeats first
             self.transport.flush_replies()
             t_end = time.monotonic()
             if ready_socks or busy:

@@ -257,6 +257,22 @@ def test_5_3_committed_entries_are_applied_in_order_once() -> None:
     assert r.applied == 4
 
 
+def test_a_long_commit_backlog_is_handed_out_in_slices() -> None:
+    """Not a paper rule, a driver's need: a restarted node may have thousands of
+    committed entries to apply; a Ready carries at most ``max_apply_entries`` of them,
+    so the driver can send heartbeats between slices instead of going silent."""
+    r = make(peers=("n1",), log=[(1, i) for i in range(1, 11)], term=1, max_apply_entries=4)
+    r.campaign()
+    assert r.role is Role.LEADER
+    slices: list[list[int]] = []
+    while r.has_ready():
+        rd = drive(r)
+        if rd.committed_entries:
+            slices.append([e.index for e in rd.committed_entries])
+    assert slices == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]]  # 11: the new term's no-op
+    assert r.applied == 11
+
+
 def test_5_4_1_vote_denied_to_a_less_up_to_date_candidate() -> None:
     """§5.4.1: vote only if the candidate's log is at least as up-to-date (term, then index)."""
     cases = [((1, 5), False), ((2, 1), False), ((2, 2), True), ((3, 1), True)]

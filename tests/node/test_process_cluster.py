@@ -152,3 +152,37 @@ def test_apply_many_retry_answers_from_the_session_not_a_second_apply(
         again = client._request_many(batch, seqs, 30)  # a retry after a lost reply
         assert first == again == [1, True, 2]
         assert client.query("get", "twice") == 2, "a retried batch was applied twice"
+
+
+def test_a_whole_cluster_restart_with_an_apply_backlog_keeps_its_first_leader(
+    tmp_path: Path,
+) -> None:
+    """After a restart every node has its whole log to apply. Applied in one reactor
+    turn (about a second here for 80k entries), that silenced each new leader for
+    longer than an election timeout, and the cluster went through two or three more
+    elections before the backlog was gone. Now a Ready carries a slice of it and a
+    turn stops handling Readies at max_turn_ms, so heartbeats go out between slices."""
+    config = tmp_path / "zraft.toml"
+    config.write_text("snapshot_entries = 0\n")  # the whole log is the backlog
+    backlog = 80_000
+    with LocalCluster(3, base_dir=tmp_path / "c", config_toml=str(config)) as cluster:
+        cluster.start()
+        cluster.wait_for_leader(30)
+        with cluster.client(timeout=30) as client:
+            puts = [("put", (f"k{i % 5000}", b"v" * 10)) for i in range(backlog)]
+            for lo in range(0, backlog, 10_240):
+                client.apply_many(puts[lo : lo + 10_240], chunk=256)
+        term_before = max(s["term"] for s in cluster.statuses(3.0).values())
+        for node_id in cluster.nodes:
+            cluster.stop(node_id)
+        cluster.start()
+        cluster.wait_for_leader(30)
+        deadline = time.monotonic() + 60
+        while True:
+            statuses = cluster.statuses(3.0)
+            if len(statuses) == 3 and all(s["applied"] >= backlog for s in statuses.values()):
+                break
+            assert time.monotonic() < deadline, statuses
+            time.sleep(0.2)  # polling a process cluster, not synchronising the test
+    elections = max(s["term"] for s in statuses.values()) - term_before
+    assert elections <= 2, f"{elections} elections after the restart (one, or two on a split vote)"

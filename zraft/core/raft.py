@@ -81,6 +81,9 @@ class CoreConfig:
     lease_reads: bool = False
     max_msg_entries: int = 1024
     max_msg_bytes: int = 1 << 20
+    #: committed entries handed per Ready: a long backlog (a restart) is applied in
+    #: slices the driver can spread over its turns, heartbeats going out between
+    max_apply_entries: int = 4096
     max_inflight_msgs: int = 64
     max_uncommitted_bytes: int = 64 << 20  # propose() raises ProposalDropped beyond this
     snapshot_chunk_bytes: int = 1 << 20
@@ -92,7 +95,7 @@ class CoreConfig:
     def __post_init__(self) -> None:
         assert self.node_id, "node ids are non-empty strings"
         assert 0 < self.heartbeat_ticks < self.election_ticks, "heartbeat < election timeout"
-        assert self.max_msg_entries > 0 and self.max_msg_bytes > 0
+        assert self.max_msg_entries > 0 and self.max_msg_bytes > 0 and self.max_apply_entries > 0
         assert self.max_inflight_msgs > 0 and self.snapshot_chunk_bytes > 0
         assert self.max_uncommitted_bytes > 0
         assert len(self.leader_noop_data) <= self.max_msg_bytes, "a no-op fits in a message"
@@ -1156,9 +1159,9 @@ class Raft:
         rd.snapshot_chunks, self._chunks = self._chunks, []
         rd.messages, self._msgs = self._msgs, []
         if self._commit > self._apply_handed:
-            ents = self.log.entries(
-                self._apply_handed + 1, self._commit + 1, self.config.max_msg_bytes
-            )
+            lo = self._apply_handed + 1
+            hi = min(self._commit + 1, lo + self.config.max_apply_entries)
+            ents = self.log.entries(lo, hi, self.config.max_msg_bytes)
             rd.committed_entries = ents
             self._apply_handed = ents[-1].index
         rd.read_states, self._read_states = self._read_states, []
