@@ -622,7 +622,7 @@ class Node:
         next_tick = time.monotonic() + tick_s
         self._stop_requested = False
         slow_s = self.config.slow_turn_ms / 1000
-        max_turn_s = self.config.turn_budget_ms / 1000
+        max_turn_s = self._budget.max_turn_s
         while not self._stop_requested:
             busy = (
                 self._proposals or self._reads_new or self.core.has_ready() or self._calls_waiting()

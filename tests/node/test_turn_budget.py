@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from zraft.budget import TurnBudget
-from zraft.config import Config, ConfigError
+from zraft.config import Config
+from zraft.errors import ConfigError
 
 
 def test_a_long_turn_halves_the_budget_down_to_its_floor() -> None:
@@ -76,18 +79,13 @@ def test_with_a_backlog_turns_settle_under_the_target_with_useful_batches(
     assert sum(p for _, p in settled) / len(settled) >= fits / 2
 
 
+def _config(**overrides: Any) -> Config:
+    return Config(node_id="a", bind="tcp://127.0.0.1:7001", data_dir="/tmp/x", **overrides)
+
+
 def test_the_default_target_follows_the_election_timeout() -> None:
-    cfg = Config(node_id="a", bind="tcp://127.0.0.1:7001", data_dir="/tmp/x")
-    assert cfg.turn_budget_ms == 200  # 2/5 of 10 ticks x 50 ms
-    fast = Config(node_id="a", bind="tcp://127.0.0.1:7001", data_dir="/tmp/x", tick_ms=10)
-    assert fast.turn_budget_ms == 40
-    assert (
-        Config(
-            node_id="a", bind="tcp://127.0.0.1:7001", data_dir="/tmp/x", max_turn_ms=75
-        ).turn_budget_ms
-        == 75
-    )
+    assert _config().turn_budget_ms == 200  # 2/5 of 10 ticks x 50 ms
+    assert _config(tick_ms=10).turn_budget_ms == 40
+    assert _config(max_turn_ms=75).turn_budget_ms == 75
     with pytest.raises(ConfigError, match="max_turn_ms"):
-        Config(
-            node_id="a", bind="tcp://127.0.0.1:7001", data_dir="/tmp/x", max_turn_ms=0
-        ).validate()
+        _config(max_turn_ms=0).validate()
