@@ -266,7 +266,10 @@ def test_connects_to_a_down_peer_are_retried_at_least_every_half_second(
         monitor.close(linger=0)
         a.close()
     assert len(waits_ms) == 6, waits_ms
-    assert waits_ms[:3] == [100, 200, 400] and max(waits_ms) == 500, waits_ms  # not 800..2000
+    # The monitor attaches after the first connect, so on a busy host it may miss
+    # the first retry or two: assert the doubling and the cap, not where they start.
+    doubled = [min(2 * w, 500) for w in waits_ms[:-1]]
+    assert waits_ms[1:] == doubled and waits_ms[-1] == 500, waits_ms  # not 800..2000
 
 
 def test_set_peers_opens_closes_and_moves_dealers(pair: tuple[Transport, Transport]) -> None:
