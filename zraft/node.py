@@ -67,10 +67,12 @@ from zraft.protocol import ClientReply, ClientRequest
 from zraft.sessions import SessionLimits, SessionTable, Stale
 from zraft.statemachine import StateMachine
 from zraft.storage import Storage, StorageFailed
-from zraft.transport import Transport
+from zraft.transport import Inbound, Transport
 
 _WAKE = b"w"
 _PROMOTE_SLACK = 64  #: a learner within this many entries of commit counts as caught up
+_INBOUND_SLICE = 16  #: messages read between two looks at the clock
+_INBOUND_MAX = 1024  #: messages one turn reads at most
 
 
 class _CommitHistory:
@@ -631,7 +633,7 @@ class Node:
             ready_socks = dict(poller.poll(wait_ms))
             t_start = time.monotonic()
             if router in ready_socks:
-                self._on_inbound()
+                self._on_inbound(t_start + max_turn_s / 2)
             t_inbound = time.monotonic()
             if self._wake in ready_socks or self._calls_waiting():
                 self._drain_calls()
@@ -780,8 +782,18 @@ class Node:
 
     # ------------------------------------------------------------------ inbound messages
 
-    def _on_inbound(self) -> None:
-        for identity, msg in self.transport.recv(1024):
+    def _on_inbound(self, deadline: float) -> None:
+        """Step what the ROUTER holds, in slices, until the turn has used half its time:
+        after a heal or a pause the queue holds seconds of work, and the turn's Readies
+        (persisting what was stepped), ticks and heartbeats wait on it."""
+        for _ in range(_INBOUND_MAX // _INBOUND_SLICE):
+            received = self.transport.recv(_INBOUND_SLICE)
+            self._step_inbound(received)
+            if len(received) < _INBOUND_SLICE or time.monotonic() > deadline:
+                return
+
+    def _step_inbound(self, received: list[Inbound]) -> None:
+        for identity, msg in received:
             if isinstance(msg, ClientRequest):
                 self._on_client_request(identity, msg)
                 continue

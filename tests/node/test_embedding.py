@@ -362,6 +362,49 @@ def test_turns_that_run_long_shrink_the_next_turns_batch(tmp_path: Path) -> None
     assert batch["count"] >= 15, batch  # 300 / 64 = 5 appends at a fixed max_batch
 
 
+def test_a_long_inbound_queue_is_stepped_over_several_turns(tmp_path: Path) -> None:
+    """After a heal or a SIGCONT the ROUTER holds a queue of messages; stepping up to
+    1024 of them in one turn kept heartbeats and persistence waiting for all of them.
+    Here each request costs 2 ms to step, so 300 queued ones made a 0.6 s turn."""
+    import time
+
+    import zmq
+
+    from zraft import codec
+    from zraft.protocol import ClientReply, ClientRequest
+
+    cfg = _solo_config(tmp_path, max_turn_ms=20)
+    with zraft.Node(cfg, Counter()) as node:
+        _wait_leader([node])
+        step = node._on_client_request
+
+        def costly(identity: bytes, req: ClientRequest) -> None:
+            end = time.perf_counter() + 0.002
+            while time.perf_counter() < end:  # a cost model: 2 ms of work, not a wait
+                pass
+            step(identity, req)
+
+        node._on_client_request = costly  # type: ignore[method-assign]
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(cfg.bind)
+        try:
+            client_id = b"c" * 16
+            for seq in range(1, 301):
+                req = ClientRequest(seq, "apply", "add", (1,), client_id, seq)
+                sock.send(codec.encode(req, cfg.cluster_id))
+            replies: list[Any] = []
+            while len(replies) < 300 and sock.poll(30_000):
+                replies += codec.decode_many(sock.recv(), cfg.cluster_id)
+        finally:
+            sock.close()
+        assert all(isinstance(r, ClientReply) and r.ok for r in replies), replies[:3]
+        assert sorted(r.result for r in replies) == list(range(1, 301))
+        turn = node.status()["metrics"]["turn"]
+    # half of max_turn_ms on inbound, then at most one more slice of 16 (32 ms)
+    assert turn["max_ms"] < 200, turn
+
+
 def test_automatic_snapshots_are_jittered_per_node(tmp_path: Path) -> None:
     """Nodes applying the same log must not all snapshot at the same index (a stall)."""
     every = 200
