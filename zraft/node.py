@@ -589,7 +589,7 @@ class Node:
         self._soft = (self.core.role, self.core.leader, self.core.term)
         self._peers_for = self.core.membership
         self._vote = self.storage.initial_state()[0].vote
-        self.transport.set_peers(self._peer_addrs(membership))
+        self.transport.set_peers(self._routes())
         self._wake = self._ctx.socket(zmq.PULL)
         self._wake.setsockopt(zmq.LINGER, 0)
         self._wake.bind(self._wake_addr)
@@ -608,10 +608,22 @@ class Node:
         elif membership.voters.keys() == {cfg.node_id} and self.storage.last_index() == 0:
             self.core.campaign()  # a brand-new single-node cluster elects itself at once
 
-    def _peer_addrs(self, membership: Membership) -> dict[str, str]:
-        addrs = dict(self._join_peers) if not membership.ids() else {}
-        addrs.update(membership.learners)
-        addrs.update(membership.voters)
+    def _routes(self) -> dict[str, str]:
+        """Whom this node keeps a DEALER to: whoever may be the leader it must answer.
+
+        The latest membership, and the committed one: a leader that removed itself
+        leads until its removal commits, and the acks that commit it go to it. A node
+        that joined hears from the leader while replaying its log from the start,
+        through memberships that may not name that leader (it was removed and added
+        back once); until it has applied the entry that added it, the members it
+        joined through count too, with their current addresses.
+        """
+        addrs: dict[str, str] = {}
+        for m in (self._applied_membership, self.core.membership):
+            addrs.update(m.learners)
+            addrs.update(m.voters)
+        if self._join_marker or not self.core.membership.ids():
+            addrs.update(self._join_peers)
         addrs.pop(self.config.node_id, None)
         return addrs
 
@@ -1057,7 +1069,7 @@ class Node:
             self._end_join_if_caught_up()
         if self.core.membership is not self._peers_for:
             self._peers_for = self.core.membership  # appended, truncated or from a snapshot
-            self.transport.set_peers(self._peer_addrs(self._peers_for))
+            self.transport.set_peers(self._routes())
         while self._reads_waiting and self._reads_waiting[0][0] <= self._applied:
             self._serve_reads(self._reads_waiting.popleft()[1])
 
@@ -1169,7 +1181,7 @@ class Node:
         self._reads_waiting.clear()
 
     def _on_config_appended(self, membership: Membership, index: int) -> None:
-        self.transport.set_peers(self._peer_addrs(membership))
+        self.transport.set_peers(self._routes())  # before this Ready's messages go out
         self.log.info(
             "membership_change",
             voters=sorted(membership.voters),
@@ -1270,6 +1282,7 @@ class Node:
     def _apply_config(self, membership: Membership) -> None:
         prev = self._applied_membership
         self._applied_membership = membership
+        self.transport.set_peers(self._routes())  # a member removed by this commit may go
         for nid in membership.ids() - prev.ids():
             self.events.emit("add_peer", nid, membership.address(nid))
             self.log.info("member_added", member=nid, voter=nid in membership.voters)
@@ -1349,7 +1362,7 @@ class Node:
             self._pending.pop(index).deliver(
                 Outcome(False, error="unknown_outcome", message="replaced by a snapshot")
             )
-        self.transport.set_peers(self._peer_addrs(meta.membership))
+        self.transport.set_peers(self._routes())
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         self.log.info(
             "snapshot_installed", index=meta.index, size=meta.size, duration_ms=duration_ms
@@ -1657,12 +1670,13 @@ class Node:
         if self._join_marker and not self.core.joining:
             self._join_marker = False
             self.storage.clear_joining()
+            self.transport.set_peers(self._routes())  # the join peers are members now
             self.log.info("join_caught_up", applied=self._applied)
 
     def _learn_join_peers(self, peers: dict[str, str]) -> None:
         """Let a joining node answer the leader before its log names any member."""
         self._join_peers = {k: v for k, v in peers.items() if k != self.config.node_id}
-        self.transport.set_peers(self._peer_addrs(self.core.membership))
+        self.transport.set_peers(self._routes())
 
     # ------------------------------------------------------------------ periodic work
 
