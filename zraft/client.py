@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,20 @@ _RETRY_ON = {"not_leader", "busy", "unknown_outcome", "stopped", "timeout", "sto
 MAX_APPLY_MANY = 256
 
 Command = tuple[str, Sequence[Any]]  #: (command name, args) for apply_many
+
+#: How long an attempt waits for a connection to a node before trying the next one
+#: (the socket keeps connecting meanwhile): a node that is down or still starting must
+#: not cost a whole attempt_timeout when another node could answer now.
+CONNECT_WAIT_S = 0.2
+#: Retry pauses double from RETRY_MIN_S up to RETRY_MAX_S (BUSY_MAX_S for "busy":
+#: backpressure deserves a longer step back); a hint naming another node is followed
+#: at once. A pause as long as an election timeout kept clients idle after a new
+#: leader was up.
+RETRY_MIN_S, RETRY_MAX_S, BUSY_MAX_S = 0.01, 0.1, 0.5
+
+
+class _NotConnected(Exception):
+    """The request could not leave: no connection to the node yet (so nothing applied)."""
 
 
 class Client:
@@ -79,6 +94,8 @@ class Client:
         self._req_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._current = 0
+        self._hopped = False  # the last retry followed a hint without pausing
+        self._unreachable: set[str] = set()  # endpoints not connected at their last attempt
 
     def _parse_endpoints(self, endpoints: Sequence[str] | Mapping[str, str] | str) -> list[str]:
         """Accept ``[addr, ...]``, ``{id: addr}``, or ``"addr,addr"`` / ``"n1=addr,n2=addr"``."""
@@ -201,7 +218,7 @@ class Client:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
             if self._keypair is not None:
                 self._apply_curve(sock, endpoint)
             sock.connect(endpoint)
@@ -229,32 +246,59 @@ class Client:
             sock.close(linger=0)
 
     def _ask_one(self, endpoint: str, req: ClientRequest, timeout: float) -> Any:
-        reply = self._exchange(endpoint, req, timeout)
+        try:
+            reply = self._exchange(endpoint, req, timeout, connect_wait=timeout)
+        except _NotConnected:
+            reply = None
         if reply is None:
             raise ReadTimeout(f"no answer from {endpoint} within {timeout:.1f}s")
         if not reply.ok:
             raise error_from_code(reply.error, reply.message, reply.leader, reply.leader_address)
         return reply.result
 
-    def _send(self, endpoint: str, data: bytes, deadline: float) -> zmq.Socket[bytes] | None:
-        """Send one frame; the socket, or None if it could not go by ``deadline`` (reset)."""
+    def _send(self, endpoint: str, data: bytes, connect_deadline: float) -> zmq.Socket[bytes]:
+        """Send one frame once connected; :class:`_NotConnected` if not by ``connect_deadline``
+        (the socket is kept: it goes on connecting for the next attempt)."""
         sock = self._socket(endpoint)
         while True:  # IMMEDIATE: a send only succeeds once connected
             try:
                 sock.send(data, zmq.NOBLOCK)
+                self._unreachable.discard(endpoint)
                 return sock
             except zmq.Again:
-                if time.monotonic() >= deadline:
-                    self._reset(endpoint)
-                    return None
-                sock.poll(20, zmq.POLLOUT)
+                wait_ms = int((connect_deadline - time.monotonic()) * 1000)
+                if wait_ms <= 0:
+                    self._unreachable.add(endpoint)
+                    raise _NotConnected(endpoint) from None
+                sock.poll(min(wait_ms, 20), zmq.POLLOUT)
 
-    def _exchange(self, endpoint: str, req: ClientRequest, timeout: float) -> ClientReply | None:
+    def _connect_wait(self, endpoint: str) -> float:
+        """Wait for a connection once; after that, try an unreachable node only in passing
+        (its socket reconnects in the background) until it answers again."""
+        return 0.0 if endpoint in self._unreachable else CONNECT_WAIT_S
+
+    def _on_not_connected(self, endpoint: str, backoff: float, deadline: float) -> float:
+        """Move on to the next node; pause when none is connected (the cluster is down or
+        unreachable: no point spinning)."""
+        self._current += 1
+        if not self._unreachable.issuperset(self.endpoints):
+            return backoff
+        time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+        return min(backoff * 2, RETRY_MAX_S)
+
+    def _exchange(
+        self,
+        endpoint: str,
+        req: ClientRequest,
+        timeout: float,
+        connect_wait: float | None = None,
+    ) -> ClientReply | None:
         """Send one request and wait for its reply; None on no answer (socket is then reset)."""
         deadline = time.monotonic() + timeout
-        sock = self._send(endpoint, codec.encode(req, self.cluster_id), deadline)
-        if sock is None:
-            return None
+        if connect_wait is None:
+            connect_wait = self._connect_wait(endpoint)
+        connect_by = min(deadline, time.monotonic() + connect_wait)
+        sock = self._send(endpoint, codec.encode(req, self.cluster_id), connect_by)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
@@ -283,7 +327,7 @@ class Client:
         deadline = time.monotonic() + total
         maybe_applied = False
         last_error: ZraftError | None = None
-        backoff = 0.02
+        backoff = RETRY_MIN_S
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -299,7 +343,12 @@ class Client:
                 consistency,
                 int(max(remaining, 0.001) * 1000),
             )
-            reply = self._exchange(endpoint, req, min(self.attempt_timeout, remaining))
+            try:
+                reply = self._exchange(endpoint, req, min(self.attempt_timeout, remaining))
+            except _NotConnected:
+                last_error = ReadTimeout(f"could not connect to {endpoint}")
+                backoff = self._on_not_connected(endpoint, backoff, deadline)
+                continue
             if reply is None:
                 maybe_applied = maybe_applied or kind == "apply"
                 self._current += 1
@@ -315,9 +364,7 @@ class Client:
             if reply.error in ("unknown_outcome", "stopped"):
                 maybe_applied = maybe_applied or kind == "apply"
             last_error = err
-            self._follow_hint(reply)
-            time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
-            backoff = min(backoff * 2, 0.5)
+            backoff = self._retry_after(reply, backoff, deadline)
         _give_up(f"{kind} {name!r}", total, maybe_applied, last_error)
 
     def _request_many(
@@ -329,7 +376,7 @@ class Client:
         results: dict[int, Any] = {}  # position in ``commands`` -> result
         maybe_applied = False
         last_error: ZraftError | None = None
-        backoff = 0.02
+        backoff = RETRY_MIN_S
         while len(results) < len(commands):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -344,7 +391,12 @@ class Client:
                               self.client_id, seqs[i], "linearizable", timeout_ms)
                 for rid, i in batch.items()
             ]  # fmt: skip
-            replies = self._exchange_many(endpoint, reqs, min(self.attempt_timeout, remaining))
+            try:
+                replies = self._exchange_many(endpoint, reqs, min(self.attempt_timeout, remaining))
+            except _NotConnected:
+                last_error = ReadTimeout(f"could not connect to {endpoint}")
+                backoff = self._on_not_connected(endpoint, backoff, deadline)
+                continue
             if len(replies) < len(reqs):
                 maybe_applied = True
                 last_error = ReadTimeout(f"no answer from {endpoint} for some commands")
@@ -366,9 +418,7 @@ class Client:
                     )
                     retry = reply
             if retry is not None:
-                self._follow_hint(retry)
-                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
-                backoff = min(backoff * 2, 0.5)
+                backoff = self._retry_after(retry, backoff, deadline)
             elif len(replies) < len(reqs):
                 self._current += 1
         if len(results) == len(commands):
@@ -381,9 +431,8 @@ class Client:
     ) -> list[ClientReply]:
         """Send ``reqs`` as one frame; the replies that come within ``timeout``."""
         deadline = time.monotonic() + timeout
-        sock = self._send(endpoint, codec.encode_batch(reqs, self.cluster_id), deadline)
-        if sock is None:
-            return []
+        connect_by = min(deadline, time.monotonic() + self._connect_wait(endpoint))
+        sock = self._send(endpoint, codec.encode_batch(reqs, self.cluster_id), connect_by)
         wanted = {r.req_id for r in reqs}
         got: list[ClientReply] = []
         while wanted:
@@ -400,6 +449,20 @@ class Client:
                     wanted.discard(msg.req_id)
                     got.append(msg)
         return got
+
+    def _retry_after(self, reply: ClientReply, backoff: float, deadline: float) -> float:
+        """Pick the next endpoint from ``reply`` and pause unless it names a new leader to
+        ask; the next pause (doubled, capped)."""
+        asked = self.endpoints[self._current % len(self.endpoints)]
+        self._follow_hint(reply)
+        hint = reply.leader_address if reply.error == "not_leader" else ""
+        if hint and hint != asked and not self._hopped:
+            self._hopped = True  # at most one unpaused hop between pauses (stale hints)
+            return backoff
+        self._hopped = False
+        pause = backoff * random.uniform(0.5, 1.0)  # jitter: clients must not retry in step
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        return min(backoff * 2, BUSY_MAX_S if reply.error == "busy" else RETRY_MAX_S)
 
     def _follow_hint(self, reply: ClientReply) -> None:
         if reply.error == "not_leader" and reply.leader_address:

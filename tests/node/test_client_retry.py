@@ -1,0 +1,219 @@
+"""How zraft.Client finds a node that can answer: hints, pauses, nodes that are down.
+
+The fake nodes here are ROUTER sockets on loopback that answer from a script, and
+the client's clock is replaced so pauses are recorded, not slept: what these tests
+check is which node is asked next and how long the client would wait, not timing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+import zraft
+from zraft import client as client_mod
+from zraft import codec
+from zraft.errors import NotLeaderError, ReadTimeout
+from zraft.launcher import free_ports
+from zraft.protocol import ClientReply, ClientRequest
+
+pytestmark = pytest.mark.process
+
+Script = Callable[[ClientRequest], ClientReply]
+#: how a request that ran out of time ends: the last answer's error, or UnknownOutcome
+#: when its last attempt had left but its reply had not come by the deadline
+_GAVE_UP = (NotLeaderError, zraft.BusyError, zraft.UnknownOutcome)
+
+
+class FakeNode:
+    """A ROUTER that answers each request with ``script(request)``; counts what it saw."""
+
+    def __init__(self, script: Script) -> None:
+        self.address = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+        self.script, self.seen = script, 0
+        self._stop = threading.Event()
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(self.address)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if not self._sock.poll(20):
+                continue
+            identity, frame = self._sock.recv_multipart()
+            for req in codec.decode_many(frame, "zraft"):
+                assert isinstance(req, ClientRequest)
+                self.seen += 1
+                self._sock.send_multipart([identity, codec.encode(self.script(req), "zraft")])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
+class RecordedPauses:
+    """Stands in for the client module's ``time``: a sleep is recorded and moves the
+    client's clock on at once, so pauses count against its deadlines as they would."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def monotonic(self) -> float:
+        return time.monotonic() + sum(self.pauses)
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
+@pytest.fixture
+def pauses(monkeypatch: pytest.MonkeyPatch) -> RecordedPauses:
+    rec = RecordedPauses()
+    monkeypatch.setattr(client_mod, "time", rec)
+    return rec
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeNode]]:
+    made: list[FakeNode] = []
+    yield made
+    for f in made:
+        f.close()
+
+
+def _ok(req: ClientRequest) -> ClientReply:
+    return ClientReply(req.req_id, True, "done")
+
+
+def _not_leader(hint: FakeNode | None) -> Script:
+    def answer(req: ClientRequest) -> ClientReply:
+        leader, address = ("L", hint.address) if hint else ("", "")
+        return ClientReply(req.req_id, False, None, "not_leader", "", leader, address)
+
+    return answer
+
+
+def _dead_address() -> str:
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"  # nobody listens there
+
+
+def test_a_hint_to_another_node_is_followed_without_pausing(
+    fakes: list[FakeNode], pauses: RecordedPauses
+) -> None:
+    leader = FakeNode(_ok)
+    follower = FakeNode(_not_leader(leader))
+    fakes += [leader, follower]
+    with zraft.Client([follower.address], timeout=5) as c:
+        assert c.apply("put", "k", 1) == "done"
+    assert (follower.seen, leader.seen) == (1, 1)
+    assert pauses.pauses == [], "a fresh leader hint costs no pause"
+
+
+def test_no_leader_pauses_double_up_to_a_tenth_of_a_second(
+    fakes: list[FakeNode], pauses: RecordedPauses
+) -> None:
+    """An election takes an election timeout; pauses that grew to 0.5 s kept clients idle
+    for up to that long after a leader was up."""
+    lost = FakeNode(_not_leader(None))
+    fakes.append(lost)
+    with zraft.Client([lost.address], timeout=0.5) as c, pytest.raises(_GAVE_UP):
+        c.apply("put", "k", 1)
+    p = pauses.pauses
+    assert len(p) >= 5, p
+    ceilings = [
+        min(client_mod.RETRY_MIN_S * 2 ** min(i, 20), client_mod.RETRY_MAX_S) for i in range(len(p))
+    ]
+    # jittered to between half and all of the current step: herds of clients spread out
+    # (the last pause may be cut short by the deadline)
+    assert all(c / 2 <= x <= c for x, c in zip(p[:-1], ceilings, strict=False)), p
+    assert max(p) <= client_mod.RETRY_MAX_S
+
+
+def test_busy_pauses_grow_longer_than_not_leader_ones(
+    fakes: list[FakeNode], pauses: RecordedPauses
+) -> None:
+    def busy(req: ClientRequest) -> ClientReply:
+        return ClientReply(req.req_id, False, None, "busy", "queue full")
+
+    node = FakeNode(busy)
+    fakes.append(node)
+    with zraft.Client([node.address], timeout=0.5) as c, pytest.raises(_GAVE_UP):
+        c.apply("put", "k", 1)
+    assert max(pauses.pauses) > client_mod.RETRY_MAX_S, pauses.pauses
+    assert max(pauses.pauses) <= client_mod.BUSY_MAX_S
+
+
+def test_hints_that_go_round_in_a_circle_still_pause(
+    fakes: list[FakeNode], pauses: RecordedPauses
+) -> None:
+    """Two nodes naming each other (stale hints during an election) must not make the
+    client spin: at most one unpaused hop between two pauses."""
+    a = FakeNode(_ok)  # replaced below: each names the other
+    b = FakeNode(_not_leader(a))
+    a.script = _not_leader(b)
+    fakes += [a, b]
+    with zraft.Client([a.address], timeout=0.3) as c, pytest.raises(_GAVE_UP):
+        c.apply("put", "k", 1)
+    asked = a.seen + b.seen
+    assert asked <= 2 * len(pauses.pauses) + 2, (asked, len(pauses.pauses))
+
+
+def test_a_down_node_costs_one_connect_wait_not_an_attempt_timeout(
+    fakes: list[FakeNode], pauses: RecordedPauses
+) -> None:
+    """The first endpoint is down: the request goes on to the next one after
+    CONNECT_WAIT_S, and later attempts pass over it without waiting."""
+    leader = FakeNode(_ok)
+    fakes.append(leader)
+    dead = _dead_address()
+    with zraft.Client([dead, leader.address], timeout=30, attempt_timeout=20) as c:
+        t0 = time.monotonic()
+        assert c.apply("put", "k", 1) == "done"
+        first_s = time.monotonic() - t0
+        c._current = 0  # start from the dead node again
+        t0 = time.monotonic()
+        assert c.apply("put", "k", 2) == "done"
+        again_s = time.monotonic() - t0
+    assert first_s < 5, first_s  # not attempt_timeout (20 s)
+    assert again_s < first_s, (again_s, first_s)
+    assert leader.seen == 2
+    assert pauses.pauses == [], "a node that is down is passed over, not paused for"
+
+
+def test_a_cluster_that_is_all_down_is_a_timeout_that_applied_nothing(
+    pauses: RecordedPauses,
+) -> None:
+    """Nothing could be sent, so nothing can have been applied: ReadTimeout, not
+    UnknownOutcome; and the client paused between rounds instead of spinning."""
+    with (
+        zraft.Client([_dead_address(), _dead_address()], timeout=1.0) as c,
+        pytest.raises(ReadTimeout) as err,
+    ):
+        c.apply("put", "k", 1)
+    assert not isinstance(err.value, zraft.UnknownOutcome)
+    assert "could not connect" in str(err.value)
+    assert pauses.pauses, "rounds over nodes that are all down are paced"
+
+
+def test_a_real_node_behind_a_dead_endpoint_answers_within_a_connect_wait(
+    tmp_path: Path,
+) -> None:
+    addr = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    cfg = zraft.Config(node_id="solo", bind=addr, peers={"solo": addr}, data_dir=str(tmp_path))
+    with zraft.Node(cfg) as node:
+        deadline = time.monotonic() + 30
+        while node.status()["role"] != "leader" and time.monotonic() < deadline:
+            time.sleep(0.02)  # process-level: wait for the single node to elect itself
+        with zraft.Client([_dead_address(), addr], timeout=30, attempt_timeout=20) as c:
+            t0 = time.monotonic()
+            c.apply("put", "k", "v")
+            took_s = time.monotonic() - t0
+            assert c.query("get", "k") == "v"
+    assert took_s < 5, took_s  # one CONNECT_WAIT_S, not the 20 s attempt timeout
