@@ -37,6 +37,7 @@ from zraft.testing.nemesis import (
     Mechanism,
     Nemesis,
     NemesisCluster,
+    NemesisConfig,
     bridge,
     choose_partition,
     cut_between,
@@ -201,6 +202,33 @@ def test_nemesis_claims_keep_two_faults_off_one_node() -> None:
     assert not nem._try_enter(exclusive=False), "an exclusive fault runs alone"
     nem._leave()
     assert nem._try_enter(exclusive=False)
+
+
+def test_recovery_is_timed_from_when_a_fault_ended_not_from_when_its_heal_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pause outlasts its hold time (it lasts at least pause_s); its heal waits for
+    that first, and the wait was counted as recovery, up to 1.5 s of it."""
+    cfg = NemesisConfig(fault_s=(0.01, 0.01))
+    nem = Nemesis(cast(NemesisCluster, None), ["pause"], random.Random(1), FaultLog(), config=cfg)
+    timed_from: list[float] = []
+    monkeypatch.setattr(nem, "measure_recovery", lambda kind, at: timed_from.append(at))
+    ended = time.monotonic() + 1000.0  # what the heal reports, far from any real clock
+
+    def fault(rng: random.Random) -> Any:
+        return lambda: ended
+
+    monkeypatch.setattr(nem, "_fault_pause", fault)
+    nem.cycle("pause")
+    assert timed_from == [ended]
+
+    def plain(rng: random.Random) -> Any:
+        return lambda: None  # a heal that does not know better: timed from its call
+
+    monkeypatch.setattr(nem, "_fault_pause", plain)
+    before = time.monotonic()
+    nem.cycle("pause")
+    assert before <= timed_from[1] <= time.monotonic()
 
 
 def test_disk_damage_helpers(tmp_path: Path) -> None:

@@ -488,7 +488,10 @@ class NemesisConfig:
 # --------------------------------------------------------------------------- the nemesis
 
 
-Heal = Callable[[], None]
+#: Ends a fault. It may first wait (a pause lasts at least its pause_s, whatever the
+#: hold time); then it returns the monotonic time the fault ended, which recovery is
+#: measured from, or None for "when heal was called".
+Heal = Callable[[], float | None]
 
 
 class Nemesis:
@@ -637,8 +640,8 @@ class Nemesis:
                 return
             self._wait(hold_s)
             healed_at = time.monotonic()
-            heal()
-            self.measure_recovery(kind, healed_at)
+            ended_at = heal()
+            self.measure_recovery(kind, healed_at if ended_at is None else ended_at)
         finally:
             self._leave()
 
@@ -800,10 +803,12 @@ class Nemesis:
         )
         until = time.monotonic() + pause_s
 
-        def heal() -> None:
+        def heal() -> float:
             self._wait(until - time.monotonic())  # at least pause_s, whatever the hold time
+            resumed_at = time.monotonic()  # the rest of the pause is not recovery
             self._resume(target)
             self._release([target])
+            return resumed_at
 
         return heal
 
