@@ -657,8 +657,7 @@ class Node:
                 # a stalled reactor (GC, slow disk, SIGSTOP) owes the core the time that
                 # passed, or a leader's lease would outlive the stall; bounded catch-up
                 owed = min(int((now - next_tick) / tick_s) + 1, 2 * self.config.election_ticks)
-                for _ in range(owed):
-                    self.core.tick()
+                self.core.catch_up(owed)
                 next_tick = max(next_tick + owed * tick_s, now)
                 self._housekeeping(now)
             self._flush_proposals()

@@ -186,3 +186,27 @@ def test_a_whole_cluster_restart_with_an_apply_backlog_keeps_its_first_leader(
             time.sleep(0.2)  # polling a process cluster, not synchronising the test
     elections = max(s["term"] for s in statuses.values()) - term_before
     assert elections <= 2, f"{elections} elections after the restart (one, or two on a split vote)"
+
+
+def test_a_leader_stopped_and_continued_keeps_its_term_when_no_other_quorum_formed(
+    cluster3: LocalCluster,
+) -> None:
+    """One follower down, the leader SIGSTOPped for three times the election timeout: the
+    other follower cannot win an election, so the resumed leader must not call one
+    either (Raft.catch_up) and writes go on in the same term."""
+    leader = cluster3.wait_for_leader(timeout=30)
+    down, live = (n for n in cluster3.nodes if n != leader)
+    with cluster3.client(timeout=30) as client:
+        _write_keys(client, 0, 5)
+        cluster3.kill(down)
+        term = cluster3.statuses()[leader]["term"]
+        cluster3.kill(leader, signal.SIGSTOP)
+        try:
+            time.sleep(3.0)  # the fault: the live follower times out and pre-votes in vain
+        finally:
+            cluster3.kill(leader, signal.SIGCONT)
+        _write_keys(client, 5, 10)
+        sts = cluster3.statuses()
+        assert sts[leader]["role"] == "leader" and sts[leader]["term"] == term
+        assert sts[live]["term"] == term
+        assert [client.query("get", f"k{i}") for i in range(10)] == list(range(10))

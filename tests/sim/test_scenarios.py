@@ -314,6 +314,62 @@ def test_lease_read_needs_no_round() -> None:
     assert b"late" not in c.nodes[lead].read_results
 
 
+def test_a_leader_resumed_after_a_stall_keeps_leading_when_no_other_quorum_formed() -> None:
+    """A stall is the stalled node's own silence. One voter down, the leader stopped
+    for four election timeouts: the other voter tries pre-votes nobody grants. On resume
+    the leader steps what queued, heartbeats at once and keeps its term; ticking the
+    missed time through as silence deposed it and cost an election."""
+    c = Cluster(3, seed=21)
+    lead = c.wait_leader()
+    down, live = others(c, lead)
+    c.crash(down)
+    term = c.core(lead).term
+    c.pause(lead)
+    c.tick(4 * c.core(lead).config.election_ticks)
+    assert c.core(live).role is Role.PRE_CANDIDATE
+    c.resume(lead)
+    assert c.core(lead).role is Role.LEADER and c.core(lead).term == term
+    assert c.propose(b"after the stall") is not None
+    c.tick(2)
+    assert c.nodes[live].payloads[-1] == b"after the stall"
+    assert c.core(live).role is Role.FOLLOWER and c.core(live).leader == lead
+    c.tick(3 * c.core(lead).config.election_ticks)
+    assert c.core(lead).term == term, "its followers answer: it keeps its quorum check"
+
+
+def test_a_stalled_leader_cut_off_from_its_quorum_still_steps_down() -> None:
+    """A stall restarts the quorum window, it does not excuse a partition: one election
+    timeout after it resumes, a leader nobody answers steps down."""
+    c = Cluster(3, seed=22)
+    lead = c.wait_leader()
+    c.isolate(lead)
+    c.pause(lead)
+    c.tick(3 * c.core(lead).config.election_ticks)
+    c.resume(lead)
+    assert c.core(lead).role is Role.LEADER
+    c.tick(c.core(lead).config.election_ticks)
+    assert c.core(lead).role is Role.FOLLOWER
+
+
+def test_a_lease_does_not_outlive_a_stall() -> None:
+    """The stall counts on the clock: a leader stopped while the others elected a new one
+    and committed must not answer a lease read from before the stall (a stale read)."""
+    c = Cluster(3, seed=23, lease_reads=True)
+    old = c.wait_leader()
+    c.tick(2)
+    c.isolate(old)
+    c.pause(old)
+    new = c.wait_leader()
+    assert new != old
+    assert c.propose(b"written while it slept") is not None
+    c.resume(old)
+    assert c.core(old).role is Role.LEADER, "it heard nothing: it still thinks it leads"
+    assert c.read(b"stale?", node=old)
+    assert b"stale?" not in c.nodes[old].read_results, "no lease: it needs a quorum round"
+    c.tick(3)
+    assert b"stale?" not in c.nodes[old].read_results
+
+
 def test_snapshot_install_with_lost_chunks_and_leader_change() -> None:
     c = Cluster(3, seed=16, snapshot_chunk_bytes=16, check_quorum=True)
     lead = c.wait_leader()

@@ -75,3 +75,14 @@ def test_the_sweep_catches_a_leader_counting_its_unflushed_copy(
         except InvariantViolation:
             caught += 1
     assert caught > 0
+
+
+def test_sweep_with_paused_processes() -> None:
+    """Processes stopped mid-run (SIGSTOP, a long GC) and resumed: what queued is stepped,
+    then the missed ticks are owed (Raft.catch_up). Lease reads are on in every run, as a
+    stall is what a lease must survive."""
+    acked = 0
+    for seed in range(SWEEP_SEEDS // 4):
+        c = random_run(seed, ticks=SWEEP_TICKS, pause=0.02, lease_reads=True)
+        acked += len(c.acked)
+    assert acked > 10 * (SWEEP_SEEDS // 4)

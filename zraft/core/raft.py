@@ -371,6 +371,30 @@ class Raft:
             if self._election_elapsed >= self._timeout and self._promotable():
                 self._start_election(transfer=False)
 
+    def catch_up(self, ticks: int) -> None:
+        """Advance by ``ticks`` that passed while the driver could not run (GC, SIGSTOP).
+
+        A short delay is ticked through as usual. A stall of more than half an election
+        timeout counts on the clock (acks age, so lease reads wait for a fresh quorum
+        ack) but not as the others' silence: they could not reach us either. Timers run
+        on from where the stall began, and a leader heartbeats at once and gives its
+        followers a whole election timeout to answer before its quorum check. Without
+        this, a leader resumed in a cluster that had no other quorum (a voter down, the
+        rest waiting for it) stepped down on its first tick and forced an election.
+        """
+        assert ticks >= 1, "catch up on at least one tick"
+        if ticks <= self.config.election_ticks // 2:
+            for _ in range(ticks):
+                self.tick()
+            return
+        self._now += ticks - 1
+        if self._role is Role.LEADER:
+            self._election_elapsed = 0
+            for pr in self._prs.values():
+                pr.recent_active = False
+            self._heartbeat_elapsed = self.config.heartbeat_ticks - 1
+        self.tick()
+
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1

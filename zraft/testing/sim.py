@@ -57,6 +57,8 @@ class Faults:
     #: > 0: leaders write entries without waiting for the flush, which lands within this
     #: many ticks (the node's helper-thread fsync); a crash loses what it had not flushed
     leader_flush_ticks: int = 0
+    pause: float = 0.0  #: per node per tick: stop the process (SIGSTOP), inbound held
+    pause_ticks: int = 30  #: a paused node resumes within this many ticks
 
     def any(self) -> bool:
         return self != Faults()
@@ -96,6 +98,15 @@ class SimNode:
     unflushed: int | None = None
     flush_at: int = 0  #: tick the running flush lands
     flush_upto: int = 0  #: what it covers
+    #: tick the node was paused at (a stopped process: no ticks, no Readies, inbound
+    #: held in its socket); None: running
+    paused_at: int | None = None
+    held: list[Message] = field(default_factory=list)
+    resume_at: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.raft is not None and self.paused_at is None
 
     @property
     def alive(self) -> bool:
@@ -184,6 +195,7 @@ class Cluster:
             n.storage.lose_from(n.unflushed)
             n.unflushed = None
         n.raft = None
+        n.paused_at, n.held = None, []
         self._queue = [q for q in self._queue if node not in (q[2].frm, q[2].to)]
         heapq.heapify(self._queue)
 
@@ -220,12 +232,34 @@ class Cluster:
             if n.raft is not None:
                 n.raft.await_join(index)
 
+    def pause(self, node: NodeId) -> None:
+        """Stop a node's process: it neither ticks nor steps; what it is sent waits."""
+        n = self.nodes[node]
+        if n.running:
+            n.paused_at = self.now
+
+    def resume(self, node: NodeId) -> None:
+        """Continue a paused node the way the real reactor does after a stall: step what
+        queued up in its socket, then owe the core the ticks that passed."""
+        n = self.nodes[node]
+        if n.raft is None or n.paused_at is None:
+            return
+        missed = self.now - n.paused_at
+        held, n.held, n.paused_at = n.held, [], None
+        for m in held:
+            self._deliver(m)
+        if missed:
+            n.raft.catch_up(missed)
+        self.settle()
+
     # ------------------------------------------------------------------ queries
     def leader(self) -> NodeId | None:
         best: tuple[int, NodeId] | None = None
         for n in self.nodes.values():
             core = n.raft
-            if core is not None and core.role is Role.LEADER and (not best or core.term > best[0]):
+            if not n.running or core is None or core.role is not Role.LEADER:
+                continue  # a paused leader answers nobody
+            if not best or core.term > best[0]:
                 best = (core.term, n.id)
         return best[1] if best else None
 
@@ -238,7 +272,7 @@ class Cluster:
     # ------------------------------------------------------------------ client actions
     def propose(self, data: bytes, node: NodeId | None = None) -> tuple[int, int] | None:
         node = node or self.leader()
-        if node is None or not self.nodes[node].alive:
+        if node is None or not self.nodes[node].running:
             return None
         try:
             res = self.core(node).propose([data])
@@ -250,7 +284,7 @@ class Cluster:
     def read(self, ctx: bytes, node: NodeId | None = None) -> bool:
         """Issue a ReadIndex; the result lands in node.read_results[ctx]."""
         node = node or self.leader()
-        if node is None or not self.nodes[node].alive:
+        if node is None or not self.nodes[node].running:
             return False
         try:
             self.core(node).read_index(ctx)
@@ -267,7 +301,8 @@ class Cluster:
             self._inject_faults()
             self._land_flushes()
             for node in self.alive():
-                node.core().tick()
+                if node.running:
+                    node.core().tick()
             self.settle()
 
     def run_until(self, pred: Any, max_ticks: int) -> bool:
@@ -288,7 +323,7 @@ class Cluster:
         for _ in range(MAX_SETTLE_ROUNDS):
             moved = False
             for node in list(self.nodes.values()):
-                while node.raft is not None and node.raft.has_ready():
+                while node.running and node.core().has_ready():
                     self._process_ready(node)
                     moved = True
             due: list[Message] = []
@@ -325,6 +360,9 @@ class Cluster:
             return
         loss = self._link_loss.get((m.frm, m.to), 0.0)
         if loss and self.rng.random() < loss:
+            return
+        if target.paused_at is not None:
+            target.held.append(m)
             return
         target.raft.step(m)
 
@@ -371,7 +409,7 @@ class Cluster:
 
     def _land_flushes(self) -> None:
         for node in self.alive():
-            if node.unflushed is None or self.now < node.flush_at:
+            if node.unflushed is None or self.now < node.flush_at or not node.running:
                 continue
             upto = node.flush_upto
             last = node.storage.last_index()
@@ -491,6 +529,11 @@ class Cluster:
             elif n.raft is not None and f.crash and self.rng.random() < f.crash:
                 self.crash(n.id)
                 n.down_until = self.now + self.rng.randint(1, f.restart_after_ticks)
+            elif n.paused_at is not None and self.now >= n.resume_at:
+                self.resume(n.id)
+            elif n.running and f.pause and self.rng.random() < f.pause:
+                self.pause(n.id)
+                n.resume_at = self.now + self.rng.randint(1, f.pause_ticks)
         if self._heal_at and self.now >= self._heal_at:
             self.heal()
             self._heal_at = 0
@@ -523,11 +566,13 @@ class Cluster:
             crash_mid_ready=0.0,
             partition=0.0,
             corrupt_snapshot=0.0,
+            pause=0.0,
         )
         self._heal_at = 0
         self.heal()
         for n in self.nodes.values():
             self.restart(n.id)
+            self.resume(n.id)
 
 
 def random_faults(rng: random.Random) -> Faults:
@@ -555,6 +600,7 @@ def random_run(
     voters: int = 0,
     membership_changes: bool = True,
     leader_flush_ticks: int = 0,
+    pause: float = 0.0,
     **config: Any,
 ) -> Cluster:
     """A seeded run of a mixed workload under mixed faults, then calm and final checks.
@@ -565,6 +611,8 @@ def random_run(
     faults = faults if faults is not None else random_faults(rng)
     if leader_flush_ticks:
         faults = replace(faults, leader_flush_ticks=leader_flush_ticks)
+    if pause:
+        faults = replace(faults, pause=pause, pause_ticks=rng.choice([5, 15, 40]))
     voters = voters or rng.choice([1, 3, 3, 5])
     config.setdefault("max_msg_entries", rng.choice([2, 64]))
     config.setdefault("snapshot_chunk_bytes", rng.choice([61, 512]))
@@ -578,7 +626,12 @@ def random_run(
         if r < 0.5:
             c.propose(b"s%d-%d" % (seed, t))
         elif r < 0.6:
-            c.read(b"r%d" % t)
+            # any node that thinks it leads: a client whose leader hint is stale reaches
+            # a deposed or partitioned leader as well, and its lease must not lie
+            leaders = sorted(
+                n.id for n in c.nodes.values() if n.running and n.core().role is Role.LEADER
+            )
+            c.read(b"r%d" % t, node=rng.choice(leaders) if leaders else None)
         elif r < 0.62:
             _random_transfer(c, rng)
         elif r < 0.65 and membership_changes:
