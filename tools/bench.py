@@ -320,7 +320,9 @@ def server_window(
     before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """What the nodes saw during the load, from two readings of their histograms: the
-    slowest node's log fsync p99, the leader's reactor turn p99 and mean append batch,
+    slowest node's log fsync p99, the leader's reactor turn p99, mean append batch and
+    p99 of a client command from its request to its reply (the leader's share of the
+    latency the load generator measures: no network, no wait in the socket),
     and the longest turn and fsync of any node (the upper bound of its log-2 bucket):
     a stall shorter than 1% of the run hides under the p99s but not under these."""
     out: dict[str, Any] = {}
@@ -344,6 +346,10 @@ def server_window(
             out["leader_turn_p99_ms"] = turns.percentile(0.99) / 1000
             out["leader_batch_mean"] = round(batch.total / appends, 1) if appends else 0
             out["leader_turns_per_append"] = round(turns.count() / appends, 2) if appends else None
+            if "command" in m:
+                commands = win("command")
+                if commands.count():
+                    out["leader_command_p99_ms"] = commands.percentile(0.99) / 1000
     if fsync_p99:
         out["fsync_p99_ms"] = max(fsync_p99)
         out["fsync_max_ms"] = max(fsync_max)
@@ -808,6 +814,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "leader_turn_p99_ms",
             "leader_batch_mean",
             "leader_turns_per_append",
+            "leader_command_p99_ms",
         ):
             s[k] = _median([r.get(k) for r in rs])
         for k in ("turn_max_ms", "fsync_max_ms"):  # the worst round: a stall is the point
@@ -866,6 +873,8 @@ def _notes(s: dict[str, Any]) -> str:
             f"turn p99 {s['leader_turn_p99_ms']:.1f}ms, fsync p99 {s['fsync_p99_ms'] or 0:.1f}ms,"
             f" batch {s['leader_batch_mean']:.0f}"
         )
+    if s.get("leader_command_p99_ms") is not None:
+        parts.append(f"leader command p99 <={s['leader_command_p99_ms']:.1f}ms")
     if s.get("turn_max_ms") is not None:
         parts.append(f"max turn <={s['turn_max_ms']:.0f}ms, fsync <={s['fsync_max_ms'] or 0:.0f}ms")
     if s.get("rss_max_mb"):

@@ -292,6 +292,8 @@ class Node:
         self._budget = TurnBudget(config.max_batch, config.turn_budget_ms)
         self._turn_proposed = 0  #: commands this turn proposed (for the budget)
         self._append_batch = Histogram()  #: entries per log append (one fsync each)
+        #: a client's command on this node: read off the socket -> its reply queued
+        self._command_us = Histogram()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -877,7 +879,8 @@ class Node:
         def deliver(outcome: Outcome) -> None:
             self.transport.queue_reply(identity, outcome.to_reply(req.req_id))
 
-        deadline = time.monotonic() + min(req.timeout_ms, 600_000) / 1000
+        arrived = time.monotonic()
+        deadline = arrived + min(req.timeout_ms, 600_000) / 1000
         kind = req.kind
         if kind == "apply":
             try:
@@ -885,8 +888,13 @@ class Node:
             except (TypeError, ValueError, codec.DecodeError) as exc:
                 deliver(Outcome(False, error="bad_request", message=str(exc)))
                 return
+
+            def deliver_timed(outcome: Outcome) -> None:
+                self._command_us.observe(int((time.monotonic() - arrived) * 1e6))
+                self.transport.queue_reply(identity, outcome.to_reply(req.req_id))
+
             cmd = (req.client_id, req.seq, req.name, req.args)
-            self._enqueue_proposal(data, deliver, deadline, cmd)
+            self._enqueue_proposal(data, deliver_timed, deadline, cmd)
         elif kind == "query":
             consistency = req.consistency
             if consistency not in ("linearizable", "lease", "local"):
@@ -1735,12 +1743,14 @@ class Node:
 
     def _metrics(self) -> dict[str, Any]:
         """Since start: how long log fsyncs and busy reactor turns took (a message that
-        arrives mid-turn waits for the turn to end), entries per log append, and the
-        turn budget (how many commands a turn may propose now; how often long turns
-        shrank it)."""
+        arrives mid-turn waits for the turn to end), how long clients' commands took
+        here (from their request to their reply, without the network or the wait in
+        the socket), entries per log append, and the turn budget (how many commands a
+        turn may propose now; how often long turns shrank it)."""
         return {
             "log_fsync": self.storage.fsync_histogram().summary(1000, "ms"),
             "turn": self._turn_us.summary(1000, "ms"),
+            "command": self._command_us.summary(1000, "ms"),
             "append_batch": self._append_batch.summary(),
             "turn_budget": {"size": self._budget.size, "shrinks": self._budget.shrinks},
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -662,6 +663,23 @@ def test_status_reports_fsync_turn_and_batch_histograms(trio: list[zraft.Node]) 
     # one fsync per append on the leader while it flushes inline (async_leader_flush off)
     assert batch["count"] == fsync["count"] and batch["max"] >= 1
     assert sum(c for _, c in batch["buckets"]) == batch["count"]
+
+
+def test_status_times_client_commands_from_request_to_reply(trio: list[zraft.Node]) -> None:
+    """``metrics["command"]``: the leader's share of a client's latency. Each command a
+    client sends is counted once, and none takes longer here than the client waited."""
+    leader = _wait_leader(trio)
+    leader.apply("add", 1)  # in-process: no request off the socket, not counted
+    assert leader.status()["metrics"]["command"]["count"] == 0
+    longest_s = 0.0
+    with zraft.Client([leader.config.address]) as c:
+        for _ in range(10):
+            started = time.monotonic()
+            c.apply("add", 1)
+            longest_s = max(longest_s, time.monotonic() - started)
+    command = leader.status()["metrics"]["command"]
+    assert command["count"] == 10
+    assert 0 < command["p50_ms"] <= command["max_ms"] <= longest_s * 1000
 
 
 class Store(zraft.StateMachine):

@@ -109,6 +109,7 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
                 assert row["turn_max_ms"] >= row["leader_turn_p99_ms"], row
                 assert row["fsync_max_ms"] >= row["fsync_p99_ms"], row
                 assert row["leader_batch_mean"] >= 1 and row["leader_turns_per_append"] > 0, row
+                assert row["leader_command_p99_ms"] > 0, row  # its share of the latency
     zraft_rows = [s for s in doc["summary"] if s["kind"] == "zraft"]
     assert all(s["ratio"] is not None and s["ratio"] > 0 for s in zraft_rows)
     assert "pysyncobj" in stdout and "ratio" in stdout  # the printed table
