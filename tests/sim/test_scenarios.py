@@ -351,6 +351,54 @@ def test_a_stalled_leader_cut_off_from_its_quorum_still_steps_down() -> None:
     assert c.core(lead).role is Role.FOLLOWER
 
 
+def test_a_leader_that_keeps_stalling_and_hears_from_nobody_still_steps_down() -> None:
+    """The fresh quorum window is granted once per passed check: a cut-off leader whose
+    turns keep stalling (a stuck disk) cannot renew it forever."""
+    c = Cluster(3, seed=24)
+    lead = c.wait_leader()
+    e = c.core(lead).config.election_ticks
+    c.isolate(lead)
+    for _ in range(3):
+        if c.core(lead).role is not Role.LEADER:
+            break
+        c.pause(lead)
+        c.tick(e // 2 + 1)  # just long enough to count as a stall
+        c.resume(lead)
+        c.tick(e - 2)
+    assert c.core(lead).role is Role.FOLLOWER
+
+
+def test_a_stall_drops_a_leadership_transfer() -> None:
+    """The transfer's timing is lost with the stall: the leader takes proposals again
+    at once rather than refusing them for another election timeout."""
+    c = Cluster(3, seed=25)
+    lead = c.wait_leader()
+    target = others(c, lead)[0]
+    c.cut(lead, target)  # the TimeoutNow never arrives
+    c.core(lead).transfer_leader(target)
+    with pytest.raises(ProposalDropped):
+        c.core(lead).propose([b"refused"])
+    c.pause(lead)
+    c.tick(c.core(lead).config.election_ticks)
+    c.resume(lead)
+    assert c.core(lead).role is Role.LEADER
+    assert c.propose(b"accepted") is not None
+
+
+def test_a_short_catch_up_sends_one_heartbeat_round_not_one_per_tick() -> None:
+    """A burst of rounds answered with no progress in between would look like a follower
+    that stopped making progress (and send it back to probing)."""
+    c = Cluster(3, seed=26)
+    lead = c.wait_leader()
+    c.tick(2)
+    before = c.sent["Heartbeat"]
+    c.pause(lead)
+    c.tick(4)
+    assert c.sent["Heartbeat"] == before
+    c.resume(lead)
+    assert c.sent["Heartbeat"] == before + 2, "one round to each of the two followers"
+
+
 def test_a_lease_does_not_outlive_a_stall() -> None:
     """The stall counts on the clock: a leader stopped while the others elected a new one
     and committed must not answer a lease read from before the stall (a stale read)."""

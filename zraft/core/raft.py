@@ -170,7 +170,8 @@ class Raft:
         self._votes: dict[NodeId, bool] = {}
         self._prs: dict[NodeId, Progress] = {}
         self._transferee = NONE
-        self._transfer_elapsed = 0
+        #: a long stall restarted this leader's quorum window (see catch_up)
+        self._stall_excused = False
         self._lease_ok_in_term = True
         self._uncommitted: deque[tuple[int, int]] = deque()
         self._uncommitted_bytes = 0
@@ -321,6 +322,7 @@ class Raft:
             self._lease_ok_in_term = True
         self._leader = NONE
         self._reset_timeout()
+        self._stall_excused = False
         self._votes = {}
         self._prs = {}
         self._transferee = NONE
@@ -363,9 +365,12 @@ class Raft:
     # ------------------------------------------------------------------ tick
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self._tick(beat=True)
+
+    def _tick(self, beat: bool) -> None:
         self._now += 1
         if self._role is Role.LEADER:
-            self._tick_leader()
+            self._tick_leader(beat)
         else:
             self._election_elapsed += 1
             if self._election_elapsed >= self._timeout and self._promotable():
@@ -374,28 +379,37 @@ class Raft:
     def catch_up(self, ticks: int) -> None:
         """Advance by ``ticks`` that passed while the driver could not run (GC, SIGSTOP).
 
-        A short delay is ticked through as usual. A stall of more than half an election
-        timeout counts on the clock (acks age, so lease reads wait for a fresh quorum
-        ack) but not as the others' silence: they could not reach us either. Timers run
-        on from where the stall began, and a leader heartbeats at once and gives its
-        followers a whole election timeout to answer before its quorum check. Without
-        this, a leader resumed in a cluster that had no other quorum (a voter down, the
-        rest waiting for it) stepped down on its first tick and forced an election.
+        A short delay is ticked through, with one heartbeat round at the end rather than
+        one per tick (a burst of rounds would look like a follower making no progress).
+        A stall of more than half an election timeout counts on the clock (acks age, so
+        lease reads wait for a fresh quorum ack) but not as the others' silence: they
+        could not reach us either. A follower's election timer moves on by one tick; a
+        leader heartbeats at once, drops a leadership transfer whose timing the stall
+        broke, and gives its followers a fresh election timeout before its quorum check.
+        Without this, a leader resumed in a cluster that had no other quorum (a voter
+        down, the rest waiting for it) stepped down at once and forced an election. The
+        fresh timeout is granted once per passed quorum check: a leader that keeps
+        stalling (a stuck disk) and hears from nobody still steps down.
         """
         assert ticks >= 1, "catch up on at least one tick"
-        if ticks <= self.config.election_ticks // 2:
-            for _ in range(ticks):
-                self.tick()
+        if ticks <= max(2, self.config.election_ticks // 2):
+            for k in range(ticks):
+                self._tick(beat=k == ticks - 1)
             return
         self._now += ticks - 1
         if self._role is Role.LEADER:
-            self._election_elapsed = 0
-            for pr in self._prs.values():
-                pr.recent_active = False
+            self._transferee = NONE
+            if self._stall_excused:  # no quorum check passed since the last one: check now
+                self._election_elapsed = self.config.election_ticks - 1
+            else:
+                self._stall_excused = True
+                self._election_elapsed = 0
+                for pr in self._prs.values():
+                    pr.recent_active = False
             self._heartbeat_elapsed = self.config.heartbeat_ticks - 1
-        self.tick()
+        self._tick(beat=True)
 
-    def _tick_leader(self) -> None:
+    def _tick_leader(self, beat: bool) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
         if self._election_elapsed >= self.config.election_ticks:
@@ -403,11 +417,10 @@ class Raft:
             if self.config.check_quorum and not self._quorum_active():
                 self._become_follower(self._term, NONE)
                 return
+            self._stall_excused = False
             if self._transferee != NONE:
                 self._transferee = NONE  # the transfer timed out
-        if self._transferee != NONE:
-            self._transfer_elapsed += 1
-        if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
+        if beat and self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._bcast_heartbeat()
             self._tick_snapshots()
@@ -1055,7 +1068,6 @@ class Raft:
         if target == self._id or target == self._transferee:
             return
         self._transferee = target
-        self._transfer_elapsed = 0
         self._election_elapsed = 0  # the transfer gets one election timeout
         pr = self._prs[target]
         if pr.match == self.log.last_index():

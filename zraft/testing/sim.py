@@ -57,7 +57,9 @@ class Faults:
     #: > 0: leaders write entries without waiting for the flush, which lands within this
     #: many ticks (the node's helper-thread fsync); a crash loses what it had not flushed
     leader_flush_ticks: int = 0
-    pause: float = 0.0  #: per node per tick: stop the process (SIGSTOP), inbound held
+    #: per node per tick: stop the process (SIGSTOP), inbound held; a leader (and half
+    #: the others) is also cut off until a while after it resumes
+    pause: float = 0.0
     pause_ticks: int = 30  #: a paused node resumes within this many ticks
 
     def any(self) -> bool:
@@ -232,22 +234,28 @@ class Cluster:
             if n.raft is not None:
                 n.raft.await_join(index)
 
-    def pause(self, node: NodeId) -> None:
-        """Stop a node's process: it neither ticks nor steps; what it is sent waits."""
+    def pause(self, node: NodeId, until: int | None = None) -> None:
+        """Stop a node's process: it neither ticks nor steps; what it is sent waits.
+
+        ``until``: the tick the fault injector resumes it at; None: only :meth:`resume`.
+        """
         n = self.nodes[node]
         if n.running:
             n.paused_at = self.now
+            n.resume_at = until if until is not None else 1 << 62
 
     def resume(self, node: NodeId) -> None:
         """Continue a paused node the way the real reactor does after a stall: step what
-        queued up in its socket, then owe the core the ticks that passed."""
+        queued up in its socket, then owe the core the ticks that passed. What queued had
+        arrived: a partition made since does not take it back. (The real reactor reads a
+        long queue over several turns; here it is all stepped first.)"""
         n = self.nodes[node]
         if n.raft is None or n.paused_at is None:
             return
         missed = self.now - n.paused_at
         held, n.held, n.paused_at = n.held, [], None
         for m in held:
-            self._deliver(m)
+            n.raft.step(m)
         if missed:
             n.raft.catch_up(missed)
         self.settle()
@@ -532,8 +540,13 @@ class Cluster:
             elif n.paused_at is not None and self.now >= n.resume_at:
                 self.resume(n.id)
             elif n.running and f.pause and self.rng.random() < f.pause:
-                self.pause(n.id)
-                n.resume_at = self.now + self.rng.randint(1, f.pause_ticks)
+                self.pause(n.id, until=self.now + self.rng.randint(1, f.pause_ticks))
+                leading = n.core().role is Role.LEADER
+                if not self._heal_at and (leading or self.rng.random() < 0.5):
+                    # and cut off until a while after it resumes: a stalled leader whose
+                    # cluster moved on, with stale clients still reaching it (leases)
+                    self.isolate(n.id)
+                    self._heal_at = n.resume_at + self.rng.randint(1, f.partition_ticks)
         if self._heal_at and self.now >= self._heal_at:
             self.heal()
             self._heal_at = 0
