@@ -219,6 +219,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         verdict["faults"] = log.counts()
         verdict["crashes"] = log.crashes()
         verdict["recovery_s"] = distribution(log.recovery_times_s())
+        verdict["recovery_by_kind_s"] = {
+            kind: distribution(times) for kind, times in log.recovery_times_by_kind_s().items()
+        }
         log.close()
         (out / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str) + "\n")
     return verdict
@@ -313,6 +316,14 @@ def summary_lines(v: dict[str, Any]) -> list[str]:
         f"{wl.get('acked_writes', 0)}",
         f"  faults: {v.get('faults', {})}",
         f"  recovery (heal -> first write, s): {v.get('recovery_s', {})}",
+        "  by fault: "
+        + (
+            "; ".join(
+                f"{kind} x{d['count']} p50 {d['p50']} max {d['max']}"
+                for kind, d in v.get("recovery_by_kind_s", {}).items()
+            )
+            or "-"
+        ),
         f"  leader after heal: {v.get('leader_after_heal')}; voters "
         f"{sorted(v.get('final_members', {}).get('voters', {}))}",
     ]

@@ -182,6 +182,7 @@ def test_fault_log_counts_starts_and_collects_recoveries(tmp_path: Path) -> None
     log.close()
     assert log.counts() == {"kill": 1, "partition": 1, "partition:bridge": 1}
     assert log.recovery_times_s() == [0.25]
+    assert log.recovery_times_by_kind_s() == {"partition": [0.25]}
     lines = [json.loads(x) for x in (tmp_path / "nemesis.jsonl").read_text().splitlines()]
     assert [e["action"] for e in lines] == ["start", "heal", "recovered", "start", "recovered"]
     assert all(isinstance(e["time"], float) and e["t_s"] >= 0 for e in lines)
@@ -420,6 +421,9 @@ def test_gauntlet_run(
     assert verdict["workload"]["by_outcome"].get("ok", 0) > 0
     assert sum(v for k, v in verdict["faults"].items() if ":" not in k) > 0, "no fault ran"
     assert verdict["recovery_s"]["count"] > 0
+    by_kind = verdict["recovery_by_kind_s"]
+    assert sum(d["count"] for d in by_kind.values()) == verdict["recovery_s"]["count"]
+    assert "by fault: " in output and all(f"{k} x" in output for k in by_kind)
     if "partition" in verdict["nemesis_run"] and verdict["faults"].get("partition", 0) >= 3:
         # the rules really cut traffic: some partition forced a new election
         assert verdict["final_term"] > verdict["initial_term"], verdict

@@ -466,6 +466,15 @@ class FaultLog:
                 if e["action"] == "recovered" and e.get("recovery_s") is not None
             ]
 
+    def recovery_times_by_kind_s(self) -> dict[str, list[float]]:
+        """The same, by fault kind: a slow kind hides in the overall figures."""
+        out: dict[str, list[float]] = {}
+        with self._lock:
+            for e in self.events:
+                if e["action"] == "recovered" and e.get("recovery_s") is not None:
+                    out.setdefault(e["kind"], []).append(e["recovery_s"])
+        return dict(sorted(out.items()))
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
