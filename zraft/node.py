@@ -891,7 +891,7 @@ class Node:
 
             def deliver_timed(outcome: Outcome) -> None:
                 self._command_us.observe(int((time.monotonic() - arrived) * 1e6))
-                self.transport.queue_reply(identity, outcome.to_reply(req.req_id))
+                deliver(outcome)
 
             cmd = (req.client_id, req.seq, req.name, req.args)
             self._enqueue_proposal(data, deliver_timed, deadline, cmd)

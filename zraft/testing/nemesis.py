@@ -458,21 +458,23 @@ class FaultLog:
         with self._lock:
             return [e for e in self.events if e["kind"] == "crash" and e["action"] == "start"]
 
-    def recovery_times_s(self) -> list[float]:
+    def _recoveries(self) -> list[tuple[str, float]]:
+        """(fault kind, seconds) of every measured recovery, in order."""
         with self._lock:
             return [
-                e["recovery_s"]
+                (e["kind"], e["recovery_s"])
                 for e in self.events
                 if e["action"] == "recovered" and e.get("recovery_s") is not None
             ]
 
+    def recovery_times_s(self) -> list[float]:
+        return [s for _, s in self._recoveries()]
+
     def recovery_times_by_kind_s(self) -> dict[str, list[float]]:
         """The same, by fault kind: a slow kind hides in the overall figures."""
         out: dict[str, list[float]] = {}
-        with self._lock:
-            for e in self.events:
-                if e["action"] == "recovered" and e.get("recovery_s") is not None:
-                    out.setdefault(e["kind"], []).append(e["recovery_s"])
+        for kind, s in self._recoveries():
+            out.setdefault(kind, []).append(s)
         return dict(sorted(out.items()))
 
     def close(self) -> None:
