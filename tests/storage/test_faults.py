@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import all_entries, ents
 
-from zraft.core.types import Entry, EntryType, HardState
+from zraft.core.types import Entry, EntryType, HardState, Membership
 from zraft.storage import Storage, StorageFailed
 
 SMALL = {"segment_bytes": 4096}
@@ -75,6 +75,38 @@ def test_eio_on_sync_fails_and_reopen_sees_a_consistent_log(
     with Storage.open(data_dir, **SMALL) as st:
         assert st.last_index() >= 29
         assert all_entries(st)[:29] == ents(1, 1, 30)
+
+
+def test_a_failed_deletion_is_reported_and_close_still_releases_the_dir(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error on the deleter thread reaches the caller (a later batch does not hide
+    it), and a close that raises it still closes every fd and the data-dir lock."""
+    from zraft.storage import log as seglog
+
+    st = Storage.open(data_dir, **SMALL)
+    st.append(ents(1, 1, 200))
+    st.sync()
+    st.write_snapshot(150, 1, Membership(), [b"state"])
+    real, failures = seglog.fsync_dir, {"n": 0}
+
+    def eio_once(path: Path) -> None:
+        if failures["n"] == 0:
+            failures["n"] += 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(path)
+
+    monkeypatch.setattr(seglog, "fsync_dir", eio_once)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    st.compact(60)  # fails on the helper thread
+    st.compact(120)  # a second batch must not hide the first failure
+    with pytest.raises(OSError, match="Input/output"):
+        st.close()
+    assert len(os.listdir("/proc/self/fd")) < fds_before
+    monkeypatch.undo()
+    with Storage.open(data_dir, **SMALL) as st:  # not DataDirLocked: the lock was released
+        assert st.last_index() == 199
+        assert all_entries(st) == ents(1, st.first_index(), 200)
 
 
 def test_enospc_on_hard_state_keeps_the_old_file(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import all_entries, ents
 
 from zraft.core.types import Membership
 from zraft.storage import Storage
+from zraft.storage import log as seglog
 from zraft.storage.log import write_marker
 
 SMALL = {"segment_bytes": 512}
@@ -94,3 +96,34 @@ def test_leftover_torn_new_segment_is_removed(data_dir: Path) -> None:
         st.sync()
     with Storage.open(data_dir, **SMALL) as st:
         assert all_entries(st) == ents(1, 1, last + 40)
+
+
+def test_a_crash_while_compacted_segments_are_freed_leaves_an_openable_log(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deleter frees a compacted segment's blocks a chunk at a time; a crash (kill -9,
+    OOM) at any pause must leave a log that opens to the same entries, never a short
+    file under a segment's name (recovery would refuse it as damage)."""
+    monkeypatch.setattr(seglog, "DELETE_CHUNK_BYTES", 256)
+    images: list[Path] = []
+
+    def crash_image(_seconds: float) -> None:  # the deleter's pause: copy what a crash leaves
+        image = tmp_path / f"crash{len(images)}"
+        shutil.copytree(data_dir, image)
+        images.append(image)
+
+    st = Storage.open(data_dir, segment_bytes=2048)
+    st.append(ents(1, 1, 200))
+    st.sync()
+    st.write_snapshot(150, 1, Membership(), [b"state"])
+    monkeypatch.setattr(seglog.time, "sleep", crash_image)
+    st.compact(150)
+    st.wait_deletions()
+    monkeypatch.undo()
+    st.close()
+    assert len(images) >= 6, "every compacted segment was freed in several steps"
+    for image in images:
+        (image / "LOCK").unlink(missing_ok=True)
+        with Storage.open(image, segment_bytes=2048) as reopened:
+            assert reopened.last_index() == 199, image.name
+            assert all_entries(reopened) == ents(1, reopened.first_index(), 200), image.name

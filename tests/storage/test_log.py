@@ -152,6 +152,49 @@ def test_record_too_large_writes_nothing(data_dir: Path) -> None:
         assert st.last_index() == 1
 
 
+def test_a_smaller_limit_at_reopen_keeps_an_intact_larger_record(data_dir: Path) -> None:
+    """The limit guards writes; a synced record that checks out is never cut as torn."""
+    big = Entry(1, 2, EntryType.NORMAL, b"x" * 5000)
+    with Storage.open(data_dir, max_record_bytes=10_000) as st:
+        st.append([ent(1, 1), big, ent(1, 3)])
+        st.sync()
+    with Storage.open(data_dir, max_record_bytes=1000) as st:
+        assert all_entries(st) == [ent(1, 1), big, ent(1, 3)]
+    with Storage.open(data_dir, max_record_bytes=10_000) as st:
+        assert st.last_index() == 3
+
+
+def test_reopen_makes_a_killed_writers_unsynced_tail_durable(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed process leaves unsynced appends in the page cache, and the next open
+    reads them as its log. No later append covers them, so the open itself must sync
+    them: otherwise a restarted follower acknowledges entries a power loss takes away."""
+    with Storage.open(data_dir, **SMALL) as st:
+        st.append(ents(1, 1, 5))  # never synced (the writer died here)
+    synced: list[str] = []
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fdatasync(fd)
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with Storage.open(data_dir, **SMALL) as st:
+        active = sorted((data_dir / "log").glob("*.seg"))[-1]
+        assert st.last_index() == 4
+        assert str(active) in synced  # the recovered tail
+        assert str(data_dir) in synced  # a hard state rename whose directory fsync was lost
+    synced.clear()
+    with Storage.open(data_dir, fsync="never", **SMALL):
+        assert synced == []  # never means never
+
+
 def test_compaction_deletes_whole_segments_only(data_dir: Path) -> None:
     st = Storage.open(data_dir, **SMALL)
     st.append(ents(1, 1, 100))

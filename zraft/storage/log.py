@@ -83,22 +83,41 @@ class _Deleter:
     def submit(self, paths: list[Path]) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="zraft-unlink")
-        self._last = self._pool.submit(self._delete, paths)
+        # one job waits for the one before it: a failure is kept until drain() reports it
+        self._last = self._pool.submit(self._delete, paths, self._last)
 
-    def _delete(self, paths: list[Path]) -> None:
+    def _delete(self, paths: list[Path], before: Future[None] | None) -> None:
+        if before is not None:
+            before.result()  # an earlier failure fails this batch too: drain() must see it
         try:
             for path in paths:
-                _unlink_quiet(_idx_path(path))
-                _shrink_gradually(path)
-                _unlink_quiet(path)
-            if self._durable:
-                fsync_dir(self._dir)
+                self._delete_one(path)
         except OSError as exc:  # re-raised by drain(); said here in case nobody drains
             log.error("storage_unlink_failed", dir=str(self._dir), error=str(exc))
             raise
 
+    def _delete_one(self, path: Path) -> None:
+        """Unlink first, then free the blocks through a still-open fd.
+
+        The name goes before any byte does: a crash part way never leaves a short
+        segment file behind for recovery to find (it would refuse to open the log),
+        and the durable unlink comes before the first truncation for a power loss too.
+        """
+        _unlink_quiet(_idx_path(path))
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            return
+        try:
+            _unlink_quiet(path)
+            if self._durable:
+                fsync_dir(self._dir)
+            _shrink_gradually(fd)
+        finally:
+            os.close(fd)
+
     def drain(self) -> None:
-        """Wait for every submitted deletion; raise its OSError if one failed."""
+        """Wait for every submitted deletion; raise the first OSError if one failed."""
         last, self._last = self._last, None
         if last is not None:
             last.result()
@@ -469,6 +488,18 @@ class SegmentLog:
         os.fdatasync(fd)
         self.fsync_us.observe((time.perf_counter_ns() - started) // 1000)
 
+    def sync_recovered(self) -> None:
+        """fdatasync what recovery found in the active segment (sealed ones were synced).
+
+        A killed process leaves its unsynced writes in the page cache, where the next
+        process reads them back as its log. Nothing would sync them later (no append
+        touches them), so without this a restarted follower could acknowledge entries
+        that a power loss then takes away.
+        """
+        if self.durable and self._fd >= 0:
+            self._timed_fdatasync(self._fd)
+            fsync_dir(self.dir)
+
     def fsync_histogram(self) -> Histogram:
         """Every flush of appended entries so far (batch syncs, segment seals, the helper
         thread's flushes), not the rarer ones of headers, cuts and markers (a copy)."""
@@ -505,8 +536,7 @@ class SegmentLog:
         self._dirty.discard(self._fd)
         self._syncer.set_durable(self.last_index())
         self._append_checkpoint(old)
-        os.close(self._fd)
-        self._fd = -1
+        self._close_active()
         self._create_segment(base, self._terms[-1])
 
     def _append_checkpoint(self, seg: Segment) -> None:
@@ -606,10 +636,7 @@ class SegmentLog:
         write_marker(self.dir, index, durable=self.durable)
         for later in reversed(self._segs[k + 1 :]):
             self._drop_segment_file(later)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._dirty.discard(self._fd)
-            self._fd = -1
+        self._close_active()
         del self._segs[k + 1 :], self._bases[k + 1 :]
         _unlink_quiet(_idx_path(seg.path))
         self._forget_fd(seg.path)
@@ -623,6 +650,13 @@ class SegmentLog:
         _unlink_quiet(self.dir / TRUNCATE_MARKER)
         if self.durable:
             fsync_dir(self.dir)
+
+    def _close_active(self) -> None:
+        """Forget the active fd before closing it: a failed close must not leave it twice."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            self._dirty.discard(fd)
+            os.close(fd)
 
     def _drop_segment_file(self, seg: Segment) -> None:
         self._forget_fd(seg.path)
@@ -661,10 +695,7 @@ class SegmentLog:
         self._deleter.drain()
         self._syncer.pause()
         self._syncer.set_durable(0)
-        if self._fd >= 0:
-            self._dirty.discard(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        self._close_active()
         for seg in reversed(self._segs):
             self._drop_segment_file(seg)
         if self.durable and self._segs:
@@ -716,15 +747,20 @@ class SegmentLog:
                 os.fdatasync(self._fd)
 
     def close(self) -> None:
-        self._syncer.close()
-        self._deleter.close()
-        for fd in self._read_fds.values():
-            os.close(fd)
-        self._read_fds.clear()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._dirty.clear()
+        """Release every fd even when a helper thread's failure is raised from here."""
+        try:
+            try:
+                self._syncer.close()
+            finally:
+                self._deleter.close()
+        finally:
+            fds, self._fd = [*self._read_fds.values(), self._fd], -1
+            self._read_fds.clear()
+            self._dirty.clear()
+            for fd in fds:
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
 
 def _idx_path(seg_path: Path) -> Path:
@@ -735,25 +771,18 @@ DELETE_CHUNK_BYTES = 4 << 20  #: a compacted segment shrinks by this much at a t
 DELETE_PAUSE_S = 0.002  #: between chunks: other fsyncs on the disk go first
 
 
-def _shrink_gradually(path: Path) -> None:
-    """Free a big file's blocks a few MiB at a time before unlinking it.
+def _shrink_gradually(fd: int) -> None:
+    """Free an unlinked file's blocks a few MiB at a time (the last ones go on close).
 
     Freeing 64 MiB of extents at once made the journal commit that every node's next
     fdatasync waits for 20-30 ms long on our bench disk (the same trick as RocksDB's
     chunked deletes). Runs on the deleter thread, never on the reactor.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        return
-    try:
-        size = os.fstat(fd).st_size
-        while size > DELETE_CHUNK_BYTES:
-            size -= DELETE_CHUNK_BYTES
-            os.ftruncate(fd, size)
-            time.sleep(DELETE_PAUSE_S)  # pacing I/O on a helper thread, not synchronisation
-    finally:
-        os.close(fd)
+    size = os.fstat(fd).st_size
+    while size > DELETE_CHUNK_BYTES:
+        size -= DELETE_CHUNK_BYTES
+        os.ftruncate(fd, size)
+        time.sleep(DELETE_PAUSE_S)  # pacing I/O on a helper thread, not synchronisation
 
 
 def _unlink_quiet(path: Path) -> None:

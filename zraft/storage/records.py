@@ -137,7 +137,9 @@ def scan_records(
     while off + REC_HDR_BYTES <= size:
         crc, length, index, term, typ = unpack(buf, off)
         end = off + REC_HDR_BYTES + length
-        if length > max_record_bytes or end > size or crc32(view[off + 4 : end]) != crc:
+        # no max_record_bytes test: an intact record is kept even if a later open
+        # gives a smaller limit (cutting it as torn would lose synced data)
+        if end > size or crc32(view[off + 4 : end]) != crc:
             break
         if index != expect or term < last_term or typ > max_type:
             break
@@ -169,7 +171,7 @@ def _classify(buf: bytes, off: int, expect: int, max_record_bytes: int) -> tuple
             and _record_follows(buf, off, expect + 1, term, max_record_bytes)
         )
 
-    if length > max_record_bytes or end > size:
+    if end > size:
         return "record runs past end of file", not damaged_length()
     if zlib.crc32(buf[off + 4 : end]) != crc:
         flipped = _valid_record_at(buf, end, expect + 1, max_record_bytes) or damaged_length()

@@ -124,6 +124,7 @@ class Storage:
         )
         try:
             reconcile(slog, self._snaps.newest())
+            self._sync_recovered(slog)
         except BaseException:
             slog.close()
             raise
@@ -136,6 +137,15 @@ class Storage:
             elapsed_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return slog
+
+    def _sync_recovered(self, slog: SegmentLog) -> None:
+        """Make durable whatever a killed process left visible but unsynced: log bytes,
+        and renames (hard state, snapshots) whose directory fsync never ran."""
+        if not self._durable:
+            return
+        slog.sync_recovered()
+        for sub in (self.dir, self.dir / SNAP_DIR):
+            fileutil.fsync_dir(sub)
 
     # ------------------------------------------------------------------ LogStorage
 
@@ -403,8 +413,10 @@ class Storage:
         if self._closed:
             return
         self._closed = True
-        self._log.close()
-        os.close(self._lock_fd)
+        try:
+            self._log.close()
+        finally:
+            os.close(self._lock_fd)  # even if a helper thread's failure surfaces here
 
     def __enter__(self) -> Storage:
         return self
