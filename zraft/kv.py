@@ -67,8 +67,10 @@ class KV(StateMachine):
 
     def restore_chunks(self, chunks: Iterator[bytes]) -> None:
         """Parse pairs as chunks arrive: memory stays near one chunk beyond the state."""
+        # lists stay lists, as commands decode them: a restored node must compare values
+        # (cas) exactly as nodes that replayed the log do
         unpacker = msgpack.Unpacker(
-            raw=False, strict_map_key=False, use_list=False, max_buffer_size=64 << 20
+            raw=False, strict_map_key=False, use_list=True, max_buffer_size=64 << 20
         )
         data: dict[Any, Any] = {}
         for chunk in chunks:

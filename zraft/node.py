@@ -175,7 +175,10 @@ def _wire_safe(out: Outcome) -> Outcome:
     if out.result is None or type(out.result) in _SCALARS:
         return out  # common and always packable (an int may overflow: it is checked below)
     try:
-        msgpack.packb(out.result, use_bin_type=True)
+        # both ways: a tuple-keyed dict packs, but reads back with list keys (unhashable),
+        # which would break the client's reply and every snapshot's session table
+        packed = msgpack.packb(out.result, use_bin_type=True)
+        msgpack.unpackb(packed, raw=False, strict_map_key=False)
     except (TypeError, ValueError, OverflowError) as exc:
         return Outcome(
             False,

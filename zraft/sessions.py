@@ -136,7 +136,10 @@ class SessionTable:
     def restore(self, data: bytes) -> None:
         """Replace the table with a packed one (without the reserved limits session: from
         before limits were carried, so ours stay)."""
-        sessions = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        try:
+            sessions = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except TypeError:  # a result with array map keys, recorded before they were refused:
+            sessions = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=False)
         if sessions and sessions[0][0] == _LIMITS_ID:
             _seq, (_ok, window_and_count, _error, _message) = sessions[0][1][0]
             self._limits = SessionLimits(*window_and_count)

@@ -30,7 +30,22 @@ def test_pairs_stream_equals_pair_by_pair_packing(data: dict[Any, Any], chunk: i
     assert b"".join(chunks) == _pair_by_pair(items)
     kv = KV()
     kv.restore_chunks(iter(chunks))
-    assert kv.data == {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    assert kv.data == data
+
+
+def test_a_restored_node_compares_list_values_as_replaying_nodes_do() -> None:
+    """Commands decode arrays as lists; a snapshot must restore them as lists too, or the
+    same committed cas succeeds on one replica and fails on another."""
+    from zraft import codec
+
+    replayed = KV()
+    replayed.put("b", [1, 2])
+    restored = KV()
+    restored.restore_chunks(iter(replayed.snapshot()))
+    entry = codec.encode_command(b"c", 1, "cas", ("b", [1, 2], "x"))
+    args = codec.decode_command(entry)[3]
+    assert replayed.cas(*args) is True and restored.cas(*args) is True
+    assert replayed.data == restored.data == {"b": "x"}
 
 
 def test_array_header_sizes_at_the_pack_boundaries() -> None:

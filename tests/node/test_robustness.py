@@ -24,6 +24,11 @@ class Odd(zraft.StateMachine):
         self.n += 1
         return {1, 2, 3}  # msgpack cannot carry a set
 
+    @zraft.command
+    def make_pair_keyed(self) -> Any:
+        self.n += 1
+        return {(1, 2): 3}  # packs, but reads back with a list key: unhashable
+
     @zraft.query
     def count(self) -> int:
         return self.n
@@ -60,6 +65,21 @@ def test_unencodable_result_is_an_app_error_and_snapshots_still_work(tmp_path: P
         assert client.query("count") == 1  # applied once, answered with an error
         assert node.take_snapshot(timeout=10) >= 1  # the session table still packs
         assert node.status()["role"] == "leader"
+
+
+def test_a_result_that_packs_but_does_not_read_back_is_an_app_error(tmp_path: Path) -> None:
+    """Recorded in the session table it would break every later snapshot's restore
+    (the node could never start again) and every reply to the client."""
+    node, addr = _solo(tmp_path, Odd())
+    with node, zraft.Client([addr], timeout=10) as client:
+        _leader(node)
+        with pytest.raises(zraft.ApplicationError, match="cannot be encoded"):
+            client.apply("make_pair_keyed")
+        assert node.take_snapshot(timeout=10) >= 1
+    restarted = zraft.Node(node.config, Odd())
+    with restarted, zraft.Client([addr], timeout=10) as client:
+        _leader(restarted)
+        assert client.query("count") == 1
 
 
 def test_bad_member_ids_are_refused_not_fatal(tmp_path: Path) -> None:
