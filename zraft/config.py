@@ -16,6 +16,7 @@ from typing import Any
 from zraft.errors import ConfigError
 from zraft.sessions import MAX_SESSION_WINDOW, MAX_SESSIONS
 
+MIN_FRAME_BYTES = 1 << 16  #: below this even a modest command would not fit a frame
 ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 ADDR_RE = re.compile(r"^(tcp://[^\s]+:\d{1,5}|ipc://\S+|inproc://\S+)$")
 
@@ -136,6 +137,8 @@ class Config:
             raise ConfigError("heartbeat_ticks must be smaller than election_ticks")
         if self.max_turn_ms is not None and self.max_turn_ms <= 0:
             raise ConfigError("max_turn_ms must be > 0 (or unset: 2/5 of the election timeout)")
+        if self.max_frame_bytes < MIN_FRAME_BYTES:
+            raise ConfigError(f"max_frame_bytes must be >= {MIN_FRAME_BYTES}")
         if self.snapshot_entries < 0 or self.snapshot_trailing < 0:
             raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
         return self

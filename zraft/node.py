@@ -107,6 +107,8 @@ class _CommitHistory:
 
 
 _NO_RESULT = object()
+#: room an AppendEntries needs around one entry's data (ids, term and index fields)
+ENTRY_FRAME_MARGIN_BYTES = 4096
 
 
 @dataclass(slots=True)
@@ -267,7 +269,12 @@ class Node:
         self._applied = 0
         self._applied_term = 0
         self._applied_membership = Membership()
-        self._last_snapshot_index = 0
+        self._last_snapshot_index = 0  #: of the newest snapshot on disk
+        self._snapshot_retry_from = 0  #: applied index of the last failed attempt
+        #: the largest entry an AppendEntries frame carries, the message around it aside
+        self._max_entry_bytes = (
+            config.max_frame_bytes - ENTRY_FRAME_MARGIN_BYTES - len(config.cluster_id.encode())
+        )
         seed = config.seed if config.seed is not None else time.time_ns()
         self._rng = random.Random(hash((config.node_id, seed)))
         #: extra entries this node waits before its next automatic snapshot
@@ -950,6 +957,14 @@ class Node:
             deliver(Outcome(False, error="storage_failed", message=self._storage_error))
         elif self.core.role != Role.LEADER:
             deliver(self._not_leader())
+        elif len(data) > self._max_entry_bytes:
+            # it could never reach a follower (the frame would exceed max_frame_bytes):
+            # accepted, it would block every later entry behind it
+            message = (
+                f"command of {len(data)} bytes exceeds {self._max_entry_bytes}, the most an"
+                f" AppendEntries frame can carry (max_frame_bytes={self.config.max_frame_bytes})"
+            )
+            deliver(Outcome(False, error="bad_request", message=message))
         elif len(self._pending) + len(self._proposals) >= self.config.max_pending:
             deliver(
                 Outcome(False, error="busy", message="too many commands in flight; retry later")
@@ -1381,7 +1396,8 @@ class Node:
 
     def _maybe_snapshot(self) -> None:
         every = self.config.snapshot_entries
-        if every and self._applied - self._last_snapshot_index >= every + self._snapshot_jitter:
+        since = max(self._last_snapshot_index, self._snapshot_retry_from)
+        if every and self._applied - since >= every + self._snapshot_jitter:
             self._start_snapshot(None)
             # Nodes apply the same entries at about the same time: with one fixed
             # interval they would all snapshot (and compete for CPU and disk) at once,
@@ -1414,7 +1430,7 @@ class Node:
             head = self._snapshot_blob()
         except Exception as exc:  # the user's snapshot() failed: no snapshot, node goes on
             self.log.error("snapshot_failed", error=f"{type(exc).__name__}: {exc}")
-            self._last_snapshot_index = self._applied  # retry after the next N entries
+            self._snapshot_retry_from = self._applied  # retry after the next N entries
             if deliver is not None:
                 deliver(Outcome(False, error="app_error", message=f"snapshot() failed: {exc}"))
             return
@@ -1448,6 +1464,7 @@ class Node:
         waiters, self._snapshot_waiters = self._snapshot_waiters, []
         if meta is None:
             self.log.error("snapshot_failed", error=str(err))
+            self._snapshot_retry_from = self._applied  # not again at once: after N entries
             failed = Outcome(False, error="storage_failed", message=f"snapshot failed: {err}")
             targets = [w for _, w in waiters]
             if deliver is not None:

@@ -747,3 +747,24 @@ def test_a_leader_applies_a_clients_command_as_decoded_off_the_wire(
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_command_too_big_for_a_frame_is_refused_and_writes_go_on(tmp_path: Path) -> None:
+    """An entry no AppendEntries frame can carry would be dropped on every send, and
+    every later entry would wait behind it forever: it is refused up front."""
+    import time
+
+    for nodes in _trio(tmp_path, max_frame_bytes=1 << 16):
+        leader = _wait_leader(nodes)
+        with pytest.raises(zraft.CommandFailed, match="max_frame_bytes=65536"):
+            leader.apply("add", b"x" * (1 << 16), timeout=10)
+        assert leader.apply("add", 5, timeout=10) == 5
+        deadline = time.monotonic() + 20
+        while any(n.query("read", consistency="local") != 5 for n in nodes):
+            assert time.monotonic() < deadline, "a follower did not apply the small write"
+            time.sleep(0.05)  # process-level polling with a generous bound
+
+
+def test_a_frame_limit_too_small_for_any_command_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(zraft.ConfigError, match="max_frame_bytes must be >= 65536"):
+        _solo_config(tmp_path, max_frame_bytes=4096).validate()

@@ -82,6 +82,31 @@ def test_a_result_that_packs_but_does_not_read_back_is_an_app_error(tmp_path: Pa
         assert client.query("count") == 1
 
 
+class FailingSnapshots(Odd):
+    failing = True
+
+    def snapshot(self) -> bytes:
+        if self.failing:
+            raise RuntimeError("no room for the state")
+        return super().snapshot()
+
+
+def test_take_snapshot_after_a_failed_one_writes_a_snapshot(tmp_path: Path) -> None:
+    """A failed snapshot() must not count as taken: the next call writes one."""
+    sm = FailingSnapshots()
+    node, addr = _solo(tmp_path, sm)
+    with node, zraft.Client([addr], timeout=10) as client:
+        _leader(node)
+        with pytest.raises(zraft.ApplicationError):
+            client.apply("make_set")  # applied; its result is refused
+        with pytest.raises(zraft.ZraftError, match="no room for the state"):
+            node.take_snapshot(timeout=10)
+        sm.failing = False
+        index = node.take_snapshot(timeout=10)
+        meta = node.storage.snapshot_meta()
+        assert meta is not None and meta.index == index >= 1
+
+
 def test_bad_member_ids_are_refused_not_fatal(tmp_path: Path) -> None:
     node, addr = _solo(tmp_path, zraft.KV())
     with node, zraft.Client([addr], timeout=10) as client:
