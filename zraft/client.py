@@ -32,6 +32,8 @@ from zraft.errors import (
 )
 from zraft.protocol import ClientReply, ClientRequest
 
+#: requests that change the cluster: one left without an answer may have taken effect
+_CHANGES = frozenset({"apply", "add_member", "remove_member"})
 _RETRY_ON = {"not_leader", "busy", "unknown_outcome", "stopped", "timeout", "storage_failed"}
 #: Commands per apply_many round trip: at most the cluster's session_window (default 256),
 #: so a retried batch is still answered from the session table, never applied twice.
@@ -350,7 +352,7 @@ class Client:
                 backoff = self._on_not_connected(endpoint, backoff, deadline)
                 continue
             if reply is None:
-                maybe_applied = maybe_applied or kind == "apply"
+                maybe_applied = maybe_applied or kind in _CHANGES
                 self._current += 1
                 last_error = ReadTimeout(f"no answer from {endpoint}")
                 continue
@@ -362,7 +364,7 @@ class Client:
             if reply.error not in _RETRY_ON:
                 raise err
             if reply.error in ("unknown_outcome", "stopped"):
-                maybe_applied = maybe_applied or kind == "apply"
+                maybe_applied = maybe_applied or kind in _CHANGES
             last_error = err
             backoff = self._retry_after(reply, backoff, deadline)
         _give_up(f"{kind} {name!r}", total, maybe_applied, last_error)

@@ -1558,7 +1558,7 @@ class Node:
         if node_id in m.voters or (node_id in m.learners and (not voter or node_id in m.promote)):
             # already there: idempotent for retries and --join; the answer is an index at
             # or after the entry that added it (what a joining node waits to apply)
-            deliver(Outcome(True, self.core.config_index))
+            self._answer_when_config_applied(deliver)
             return
         holder = next((k for k in m.ids() if k != node_id and m.address(k) == address), None)
         if holder is not None:  # two ids at one address: each would get the other's traffic
@@ -1584,7 +1584,7 @@ class Node:
             return
         m = self.core.membership
         if node_id not in m.ids():
-            deliver(Outcome(True, None))
+            self._answer_when_config_applied(deliver, result_index=False)
             return
         voters = {k: v for k, v in m.voters.items() if k != node_id}
         if not voters:
@@ -1593,6 +1593,30 @@ class Node:
         learners = {k: v for k, v in m.learners.items() if k != node_id}
         self._promote.pop(node_id, None)
         self._propose_membership(m.with_changes(voters=voters, learners=learners), deliver)
+
+    def _answer_when_config_applied(self, deliver: Deliver, result_index: bool = True) -> None:
+        """A change already made answers once the configuration that made it is applied.
+
+        The leader's configuration may still be uncommitted (a retry of the very call
+        that proposed it, say): an answer now would promise a change a new leader may
+        never see. So the caller waits with whoever proposed that entry, if anyone.
+        """
+        index = self.core.config_index
+        result = index if result_index else None
+        if index <= self._applied:
+            deliver(Outcome(True, result))
+            return
+        term = self.core.log.term(index)
+        assert term is not None, "the leader's configuration entry is in its log"
+        first = self._pending.get(index)
+
+        def both(out: Outcome) -> None:
+            if first is not None:
+                first.deliver(out)
+            deliver(Outcome(True, result) if out.ok else out)
+
+        deadline = first.deadline if first is not None else self._deadline(None)
+        self._pending[index] = _Pending(term, both, deadline)
 
     def _maybe_promote(self, now: float) -> None:
         """Promote learners the configuration marks for it once they have caught up."""

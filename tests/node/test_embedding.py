@@ -768,3 +768,29 @@ def test_a_command_too_big_for_a_frame_is_refused_and_writes_go_on(tmp_path: Pat
 def test_a_frame_limit_too_small_for_any_command_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(zraft.ConfigError, match="max_frame_bytes must be >= 65536"):
         _solo_config(tmp_path, max_frame_bytes=4096).validate()
+
+
+def test_a_retried_membership_change_is_not_acknowledged_before_it_commits(
+    tmp_path: Path,
+) -> None:
+    """A retry finds the change already in the leader's configuration; while that entry
+    is uncommitted (both followers down) it must not answer success: a new leader might
+    never see the change. Once a follower is back, the change commits and both answer."""
+    for nodes in _trio(tmp_path, check_quorum=False):  # the lone leader stays leader
+        leader = _wait_leader(nodes)
+        followers = [n for n in nodes if n is not leader]
+        for f in followers:
+            f.stop()
+        addr = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+        with zraft.Client([leader.config.bind], timeout=4, attempt_timeout=1) as client:
+            with pytest.raises(zraft.UnknownOutcome):
+                client.add_member("n4", addr, voter=False)  # its retries see the change
+            with zraft.Node(followers[0].config, Counter()):  # a quorum again: it commits
+                index = client.add_member("n4", addr, voter=False, timeout=20)
+                assert index is not None and index <= leader.status()["commit"]
+                assert "n4" in leader.status()["learners"]
+            with pytest.raises(zraft.UnknownOutcome):
+                client.remove_member("n4")  # the same for a removal
+            with zraft.Node(followers[0].config, Counter()):
+                client.remove_member("n4", timeout=20)
+                assert "n4" not in leader.status()["learners"]
