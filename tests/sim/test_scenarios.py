@@ -418,6 +418,47 @@ def test_a_lease_does_not_outlive_a_stall() -> None:
     assert b"stale?" not in c.nodes[old].read_results
 
 
+def test_a_restarted_follower_refuses_votes_while_the_old_leaders_lease_may_hold() -> None:
+    """The leader counts a follower's ack from before its crash toward its lease. A
+    follower that forgot, on restart, that it had just heard the leader voted at once,
+    and a new leader committed while the old one still served lease reads (found in
+    review: one-way cut, then the old leader cut off, then a follower restarted)."""
+    c = Cluster(3, seed=1, lease_reads=True)
+    old = c.wait_leader()
+    a, b = others(c, old)
+    c.tick(3)
+    c.cut_one_way(old, b)  # b stops hearing the leader and pre-votes; leases refuse it
+    c.tick(25)
+    while c.core(b)._timeout - c.core(b)._election_elapsed != 2:  # b about to campaign
+        c.tick(1)
+    c.isolate(old)  # just after a acked its heartbeat
+    c.crash(a)
+    c.restart(a)
+    cut = c.now
+    while c.leader() in (None, old):
+        assert c.now - cut < 100, "no new leader"
+        c.tick(1)
+    assert c.propose(b"new value", node=c.leader()) is not None
+    c.tick(1)
+    c.read(b"stale?", node=old)  # the simulator raises on a stale read
+    assert b"stale?" not in c.nodes[old].read_results
+
+
+def test_repeated_transfer_requests_do_not_keep_a_cut_off_leader_leading() -> None:
+    """Each transfer used to restart the quorum check's window."""
+    c = Cluster(3, seed=3)
+    lead = c.wait_leader()
+    targets = others(c, lead)
+    ticks = c.core(lead).config.election_ticks
+    c.isolate(lead)
+    for k in range(6):
+        if c.core(lead).role is not Role.LEADER:
+            break
+        c.core(lead).transfer_leader(targets[k % 2])
+        c.tick(ticks - 1)
+    assert c.core(lead).role is not Role.LEADER
+
+
 def test_snapshot_install_with_lost_chunks_and_leader_change() -> None:
     c = Cluster(3, seed=16, snapshot_chunk_bytes=16, check_quorum=True)
     lead = c.wait_leader()

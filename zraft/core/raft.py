@@ -170,8 +170,14 @@ class Raft:
         self._votes: dict[NodeId, bool] = {}
         self._prs: dict[NodeId, Progress] = {}
         self._transferee = NONE
+        self._transfer_elapsed = 0  #: ticks since the transfer began
         #: a long stall restarted this leader's quorum window (see catch_up)
         self._stall_excused = False
+        #: A restarted node forgot when it last heard a leader, and a leader's lease
+        #: counts its acks from before the crash: it refuses votes for one election
+        #: timeout as if it had just heard one (§6.4.1 leases rely on §4.2.3). A node
+        #: that never had a term (bootstrap) has no leader to protect.
+        self._restart_guard = hs.term > 0
         self._lease_ok_in_term = True
         self._uncommitted: deque[tuple[int, int]] = deque()
         self._uncommitted_bytes = 0
@@ -323,6 +329,7 @@ class Raft:
         self._leader = NONE
         self._reset_timeout()
         self._stall_excused = False
+        self._restart_guard = False
         self._votes = {}
         self._prs = {}
         self._transferee = NONE
@@ -412,14 +419,16 @@ class Raft:
     def _tick_leader(self, beat: bool) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
+        if self._transferee != NONE:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.config.election_ticks:
+                self._transferee = NONE  # the transfer timed out
         if self._election_elapsed >= self.config.election_ticks:
             self._election_elapsed = 0
             if self.config.check_quorum and not self._quorum_active():
                 self._become_follower(self._term, NONE)
                 return
             self._stall_excused = False
-            if self._transferee != NONE:
-                self._transferee = NONE  # the transfer timed out
         if beat and self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._bcast_heartbeat()
@@ -494,9 +503,11 @@ class Raft:
         self._dispatch(msg)
 
     def _in_lease(self) -> bool:
+        """Refuse votes within an election timeout of hearing a leader (§4.2.3), which
+        leader leases rely on; a restart counts as having heard one (see __init__)."""
         return (
             self.config.check_quorum
-            and self._leader != NONE
+            and (self._leader != NONE or self._restart_guard)
             and self._election_elapsed < self.config.election_ticks
         )
 
@@ -1068,7 +1079,9 @@ class Raft:
         if target == self._id or target == self._transferee:
             return
         self._transferee = target
-        self._election_elapsed = 0  # the transfer gets one election timeout
+        # one election timeout, on a clock of its own: restarting the quorum check's
+        # instead let repeated transfer requests keep a cut-off leader leading
+        self._transfer_elapsed = 0
         pr = self._prs[target]
         if pr.match == self.log.last_index():
             self._send_timeout_now(target)
