@@ -71,11 +71,19 @@ _LIMITS_ID: Final = b""
 
 
 class SessionTable:
-    """Per-client remembered results, trimmed deterministically (LRU clients, oldest seqs)."""
+    """Per-client remembered results, trimmed deterministically (LRU clients, lowest seqs).
+
+    A client's results are kept in seq order, and its *floor* is the highest seq trimmed
+    away: a seq at or below the floor that is not remembered is stale (its outcome is
+    forgotten), anything above it was never applied. Seqs can commit out of order (an
+    ``apply_many`` batch whose first command was refused as busy and retried), so the
+    order of insertion says nothing about which seqs were trimmed.
+    """
 
     def __init__(self, limits: SessionLimits) -> None:
         self._limits = limits
         self._sessions: OrderedDict[bytes, OrderedDict[int, Result]] = OrderedDict()
+        self._floors: dict[bytes, int] = {}  #: client -> highest seq trimmed (absent: 0)
 
     @property
     def limits(self) -> SessionLimits:
@@ -93,44 +101,58 @@ class SessionTable:
         if results is None:
             results = self._sessions[client_id] = OrderedDict()
             if len(self._sessions) > self._limits.max_sessions:
-                self._sessions.popitem(last=False)
+                gone, _ = self._sessions.popitem(last=False)
+                self._floors.pop(gone, None)
         self._sessions.move_to_end(client_id)
         seen = results.get(seq)
         if seen is not None:
             return seen
-        if results and seq < next(iter(results)):
+        if seq <= self._floors.get(client_id, 0):
             return STALE
         return None
 
     def record(self, client_id: bytes, seq: int, result: Result) -> None:
         """Remember the result of a command :meth:`begin` let run."""
         results = self._sessions[client_id]
+        late = bool(results) and seq < next(reversed(results))
         results[seq] = result
-        while len(results) > self._limits.window:
-            results.popitem(last=False)
+        if late:  # rare: keep seq order, so trimming drops the lowest
+            ordered = sorted(results.items())
+            results.clear()
+            results.update(ordered)
+        self._trim(client_id, results, self._limits.window)
+
+    def _trim(self, client_id: bytes, results: OrderedDict[int, Result], window: int) -> None:
+        while len(results) > window:
+            seq, _ = results.popitem(last=False)
+            if seq > self._floors.get(client_id, 0):
+                self._floors[client_id] = seq
 
     def set_limits(self, limits: SessionLimits) -> None:
         """Adopt the limits of an applied no-op entry, trimming at once if they shrank."""
         self._limits = limits
         while len(self._sessions) > limits.max_sessions:
-            self._sessions.popitem(last=False)
-        for results in self._sessions.values():
-            while len(results) > limits.window:
-                results.popitem(last=False)
+            gone, _ = self._sessions.popitem(last=False)
+            self._floors.pop(gone, None)
+        for client_id, results in self._sessions.items():
+            self._trim(client_id, results, limits.window)
 
     def pack(self) -> bytes:
         """The table and its limits, for a snapshot.
 
         Laid out as the bare session list earlier versions wrote, with the limits as a
-        reserved first session (client id ``b""``, which no client can use): a node of
-        an earlier version can still restore it (during a rolling upgrade, say)."""
+        reserved first session (client id ``b""``, which no client can use) and a
+        client's floor as a reserved seq 0 (no command has it): a node of an earlier
+        version can still restore it (during a rolling upgrade, say)."""
         limits: list[tuple[bytes, list[tuple[int, Any]]]] = [
             (_LIMITS_ID, [(0, [True, [self._limits.window, self._limits.max_sessions], "", ""])])
         ]
-        packed: bytes = msgpack.packb(
-            limits + [(cid, list(r.items())) for cid, r in self._sessions.items()],
-            use_bin_type=True,
-        )
+        sessions = []
+        for cid, r in self._sessions.items():
+            floor = self._floors.get(cid, 0)
+            head = [(0, [True, floor, "", ""])] if floor else []
+            sessions.append((cid, head + list(r.items())))
+        packed: bytes = msgpack.packb(limits + sessions, use_bin_type=True)
         return packed
 
     def restore(self, data: bytes) -> None:
@@ -144,11 +166,19 @@ class SessionTable:
             _seq, (_ok, window_and_count, _error, _message) = sessions[0][1][0]
             self._limits = SessionLimits(*window_and_count)
             sessions = sessions[1:]
-        self._sessions = OrderedDict()
+        self._sessions, self._floors = OrderedDict(), {}
         for cid, results in sessions:
             table: OrderedDict[int, Result] = OrderedDict()
-            for seq, (ok, result, error, message) in results:
-                table[seq] = (bool(ok), result, str(error), str(message))
+            floor = None
+            for seq, (ok, result, error, message) in sorted(results, key=lambda r: r[0]):
+                if seq == 0:
+                    floor = int(result)
+                else:
+                    table[seq] = (bool(ok), result, str(error), str(message))
+            if floor is None and len(table) >= self._limits.window:
+                floor = next(iter(table)) - 1  # older tables: as they were read then
+            if floor:
+                self._floors[cid] = floor
             self._sessions[cid] = table
 
     def results(self, client_id: bytes) -> list[tuple[int, Result]]:

@@ -46,6 +46,38 @@ def test_the_window_forgets_the_oldest_and_calls_older_ones_stale() -> None:
     assert t.begin(b"a", 4) == _ok(40)
 
 
+def test_seqs_applied_out_of_order_are_trimmed_lowest_first_and_none_is_wrongly_stale() -> None:
+    """An apply_many batch can commit seq 2 before a retried seq 1 (refused as busy the
+    first time). Seq 1 was never applied: it must run, not be called stale; and the
+    window must forget the lowest seqs, not the first inserted (found in review)."""
+    t = SessionTable(SessionLimits(window=3, max_sessions=10))
+    assert _run(t, b"a", 2) == "applied"
+    assert _run(t, b"a", 1) == "applied"
+    assert [s for s, _ in t.results(b"a")] == [1, 2]
+    for seq in (4, 5, 3):
+        _run(t, b"a", seq)
+    assert [s for s, _ in t.results(b"a")] == [3, 4, 5]  # 1 and 2 trimmed, not 4
+    assert t.begin(b"a", 2) is STALE and t.begin(b"a", 1) is STALE
+    assert t.begin(b"a", 4) == _ok(40)
+    assert t.begin(b"a", 7) is None  # never applied: runs
+
+
+def test_the_stale_floor_travels_in_snapshots_and_older_tables_read_as_before() -> None:
+    t = SessionTable(SessionLimits(window=2, max_sessions=10))
+    for seq in (1, 2, 3, 4):
+        _run(t, b"a", seq)
+    _run(t, b"b", 7)  # never trimmed: nothing below 7 is stale
+    restored = SessionTable(SessionLimits(window=2, max_sessions=10))
+    restored.restore(t.pack())
+    assert restored.pack() == t.pack()
+    assert restored.begin(b"a", 2) is STALE and restored.begin(b"a", 3) == _ok(30)
+    assert restored.begin(b"b", 5) is None
+    full = [(3, [True, 30, "", ""]), (4, [True, 40, "", ""])]
+    old = msgpack.packb([(b"", [(0, [True, [2, 10], "", ""])]), (b"a", full)], use_bin_type=True)
+    restored.restore(old)  # an earlier version's full window: below it was stale then too
+    assert restored.begin(b"a", 2) is STALE
+
+
 def test_the_least_recently_active_client_goes_first() -> None:
     t = SessionTable(SessionLimits(window=4, max_sessions=2))
     _run(t, b"a", 1)
