@@ -63,6 +63,12 @@ class Client:
     do, the leader is found from hints. With ``curve_keys`` (a directory laid out as
     ``zraft keygen`` writes it) the client encrypts and authenticates as
     ``clients/<client_name>``; endpoints must then be given as ``id=address``.
+
+    ``client_id`` names the exactly-once session (random by default). A given id may
+    be reused by a later process: its sequence numbers then start at the wall clock in
+    microseconds, above any an earlier process with that id used, so the cluster never
+    answers a new command with an old one's remembered result. Two live clients must
+    never share an id.
     """
 
     def __init__(
@@ -92,7 +98,8 @@ class Client:
             self._keypair = load_keypair(self._curve_dir / "clients" / f"{client_name}.key_secret")
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
-        self._seq = itertools.count(1)
+        # a chosen id may have been used before: start above any seq it could have had
+        self._seq = itertools.count(time.time_ns() // 1000 if client_id else 1)
         self._req_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._current = 0

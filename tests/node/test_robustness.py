@@ -107,6 +107,22 @@ def test_take_snapshot_after_a_failed_one_writes_a_snapshot(tmp_path: Path) -> N
         assert meta is not None and meta.index == index >= 1
 
 
+def test_a_client_id_reused_by_a_later_client_gets_fresh_sequence_numbers(
+    tmp_path: Path,
+) -> None:
+    """A process restarted with the same client_id started again at seq 1, and the
+    cluster answered its new commands with the old ones' remembered results: writes
+    silently dropped (found in review)."""
+    node, addr = _solo(tmp_path, zraft.KV())
+    with node:
+        _leader(node)
+        for run in (1, 2):
+            with zraft.Client([addr], timeout=10, client_id=b"billing-service") as client:
+                assert client.apply("incr", "k", 100) == 100 * run
+                client.apply("put", "z", run)
+                assert client.query("get", "z") == run
+
+
 def test_bad_member_ids_are_refused_not_fatal(tmp_path: Path) -> None:
     node, addr = _solo(tmp_path, zraft.KV())
     with node, zraft.Client([addr], timeout=10) as client:
