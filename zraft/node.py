@@ -316,6 +316,8 @@ class Node:
         )
         self._thread.start()
         if not self._running.wait(timeout) or self._start_error is not None:
+            if self._start_error is None:  # still opening: it must not go on to serve
+                self._post(self._request_stop)
             self._thread.join(timeout=5)
             err = self._start_error or NodeStopped("node did not start in time")
             raise err
@@ -372,14 +374,21 @@ class Node:
             inbox = self._tls.inbox = _LoopInbox(loop)
         data = codec.encode_command(b"", 0, name, tuple(args))
         self._submit(data, inbox.deliverer(fut), self._deadline(timeout))
-        outcome = await fut
+        try:  # the reactor answers by the deadline; this bounds a reactor that is stuck
+            outcome = await asyncio.wait_for(fut, self._wait_s(timeout))
+        except TimeoutError:
+            raise UnknownOutcome("no answer in time; the command may have been applied") from None
         return outcome.unwrap()
 
     async def query_async(
         self, name: str, *args: Any, consistency: str = "linearizable", timeout: float | None = None
     ) -> Any:
         fut = self._submit_query(name, args, consistency, timeout)
-        outcome: Outcome = await asyncio.wrap_future(fut)
+        answer = asyncio.wrap_future(fut)
+        try:
+            outcome: Outcome = await asyncio.wait_for(answer, self._wait_s(timeout))
+        except TimeoutError:
+            raise ReadTimeout("no answer in time") from None
         return outcome.unwrap()
 
     def on(self, event: str, callback: Callable[[Event], None]) -> None:
@@ -496,9 +505,8 @@ class Node:
     def _wait(
         self, fut: concurrent.futures.Future[Outcome], timeout: float | None, unknown: bool
     ) -> Any:
-        seconds = (timeout if timeout is not None else self.config.request_timeout_ms / 1000) + 1.0
         try:
-            outcome = fut.result(seconds)
+            outcome = fut.result(self._wait_s(timeout))
         except concurrent.futures.TimeoutError:
             if unknown:
                 raise UnknownOutcome(
@@ -506,6 +514,10 @@ class Node:
                 ) from None
             raise ReadTimeout("no answer in time") from None
         return outcome.unwrap()
+
+    def _wait_s(self, timeout: float | None) -> float:
+        """How long a caller waits: the request's deadline, plus a second for the answer."""
+        return (timeout if timeout is not None else self.config.request_timeout_ms / 1000) + 1.0
 
     def _check_running(self) -> None:
         if self._stopped.is_set() or self._thread is None:
@@ -854,6 +866,8 @@ class Node:
         """Leader side of a snapshot transfer: start, every ~64 MiB, and the last chunk."""
         key = (msg.to, msg.meta.index)
         if msg.offset == 0 and key not in self._snap_sending:
+            for stale in [k for k in self._snap_sending if k[0] == msg.to]:
+                del self._snap_sending[stale]  # an earlier transfer to it was abandoned
             self._snap_sending[key] = time.monotonic()
             self.log.info(
                 "snapshot_send_started", to=msg.to, index=msg.meta.index, size=msg.meta.size

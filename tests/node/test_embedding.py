@@ -794,3 +794,60 @@ def test_a_retried_membership_change_is_not_acknowledged_before_it_commits(
             with zraft.Node(followers[0].config, Counter()):
                 client.remove_member("n4", timeout=20)
                 assert "n4" not in leader.status()["learners"]
+
+
+class Stuck(zraft.StateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    @zraft.command
+    def hang(self) -> None:
+        self.release.wait(30)  # holds the reactor, as a stuck disk or handler would
+
+    @zraft.query
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_async_calls_give_up_on_a_stuck_reactor_by_their_timeout(tmp_path: Path) -> None:
+    sm = Stuck()
+    node = zraft.Node(_solo_config(tmp_path / "solo"), sm)
+
+    async def main() -> None:
+        stuck = asyncio.ensure_future(node.apply_async("hang", timeout=30))
+        await asyncio.sleep(0.2)  # let the reactor pick it up (not a sync point we assert on)
+        started = time.monotonic()
+        with pytest.raises(zraft.UnknownOutcome):
+            await node.apply_async("hang", timeout=0.5)
+        with pytest.raises(zraft.ReadTimeout):
+            await node.query_async("ping", timeout=0.5)
+        assert time.monotonic() - started < 10, "each gave up after its timeout + 1 s"
+        sm.release.set()
+        await stuck
+
+    with node:
+        _wait_leader([node])
+        asyncio.run(main())
+
+
+def test_a_start_that_times_out_leaves_no_node_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start() gave up on a slow open (a big snapshot to restore, say) and raised, while
+    the reactor went on to bind its port and serve."""
+    from zraft import node as node_module
+
+    real_open = node_module.Storage.open
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)  # the slow open itself, not a synchronisation
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(node_module.Storage, "open", slow_open)
+    node = zraft.Node(_solo_config(tmp_path / "solo"), Counter())
+    with pytest.raises(zraft.NodeStopped):
+        node.start(timeout=0.2)
+    assert node._thread is not None
+    node._thread.join(10)
+    assert not node._thread.is_alive(), "the reactor stopped once its open finished"
