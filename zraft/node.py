@@ -190,6 +190,17 @@ def _wire_safe(out: Outcome) -> Outcome:
     return out
 
 
+def _settler(fut: concurrent.futures.Future[Outcome]) -> Deliver:
+    """The reactor's answer to a waiting caller, harmless if the caller gave up first
+    (query_async's wait_for cancels the future it wraps)."""
+
+    def settle(outcome: Outcome) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            fut.set_result(outcome)
+
+    return settle
+
+
 class _LoopInbox:
     """Outcomes bound for one asyncio loop's futures: one thread-safe wake-up per batch.
 
@@ -492,14 +503,14 @@ class Node:
             raise ValueError(f"consistency {consistency!r}: linearizable, lease or local")
         self._check_running()
         fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        read = _Read(name, tuple(args), fut.set_result, self._deadline(timeout))
+        read = _Read(name, tuple(args), _settler(fut), self._deadline(timeout))
         self._post(lambda: self._enqueue_read(read, consistency))
         return fut
 
     def _call_outcome(self, body: Callable[[Deliver], None], timeout: float | None) -> Any:
         self._check_running()
         fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._post(lambda: body(fut.set_result))
+        self._post(lambda: body(_settler(fut)))
         return self._wait(fut, timeout, unknown=True)
 
     def _wait(
@@ -1623,6 +1634,11 @@ class Node:
         term = self.core.log.term(index)
         assert term is not None, "the leader's configuration entry is in its log"
         first = self._pending.get(index)
+        if first is not None and first.term != term:  # it waited for an overwritten entry
+            first.deliver(
+                Outcome(False, error="not_leader", message="entry replaced by a newer leader")
+            )
+            first = None
 
         def both(out: Outcome) -> None:
             if first is not None:

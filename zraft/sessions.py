@@ -141,16 +141,16 @@ class SessionTable:
         """The table and its limits, for a snapshot.
 
         Laid out as the bare session list earlier versions wrote, with the limits as a
-        reserved first session (client id ``b""``, which no client can use) and a
+        reserved first session (client id ``b""``, which no client can use) and each
         client's floor as a reserved seq 0 (no command has it): a node of an earlier
-        version can still restore it (during a rolling upgrade, say)."""
+        version can still restore it (during a rolling upgrade, say), though it does
+        not know the floor and reads nothing below it as stale."""
         limits: list[tuple[bytes, list[tuple[int, Any]]]] = [
             (_LIMITS_ID, [(0, [True, [self._limits.window, self._limits.max_sessions], "", ""])])
         ]
         sessions = []
-        for cid, r in self._sessions.items():
-            floor = self._floors.get(cid, 0)
-            head = [(0, [True, floor, "", ""])] if floor else []
+        for cid, r in self._sessions.items():  # the floor always, 0 too: see restore
+            head = [(0, [True, self._floors.get(cid, 0), "", ""])]
             sessions.append((cid, head + list(r.items())))
         packed: bytes = msgpack.packb(limits + sessions, use_bin_type=True)
         return packed
@@ -176,7 +176,9 @@ class SessionTable:
                 else:
                     table[seq] = (bool(ok), result, str(error), str(message))
             if floor is None and len(table) >= self._limits.window:
-                floor = next(iter(table)) - 1  # older tables: as they were read then
+                # a table from before floors travelled (ours always carry one, so a full
+                # window that was never trimmed is not mistaken for one): read as then
+                floor = next(iter(table)) - 1
             if floor:
                 self._floors[cid] = floor
             self._sessions[cid] = table

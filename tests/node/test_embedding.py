@@ -825,10 +825,13 @@ def test_async_calls_give_up_on_a_stuck_reactor_by_their_timeout(tmp_path: Path)
         assert time.monotonic() - started < 10, "each gave up after its timeout + 1 s"
         sm.release.set()
         await stuck
+        # the reactor answers the calls that gave up, and must survive doing so
+        assert await node.query_async("ping", timeout=10) == "pong"
 
     with node:
         _wait_leader([node])
         asyncio.run(main())
+        assert node.status()["role"] == "leader"
 
 
 def test_a_start_that_times_out_leaves_no_node_running(
@@ -851,3 +854,29 @@ def test_a_start_that_times_out_leaves_no_node_running(
     assert node._thread is not None
     node._thread.join(10)
     assert not node._thread.is_alive(), "the reactor stopped once its open finished"
+
+
+def test_a_waiter_for_an_overwritten_entry_is_not_answered_by_the_config_there() -> None:
+    """A retried membership change waits beside whoever waits at the configuration's
+    index; a waiter left from an older term waited for another entry, overwritten by a
+    later leader: it is told so, never handed the configuration's success (found in
+    review of the first version, which reported a lost write as applied)."""
+    from types import SimpleNamespace
+
+    from zraft.node import Node, Outcome, _Pending
+
+    answers: dict[str, Outcome] = {}
+    stale = _Pending(1, lambda out: answers.__setitem__("stale", out), time.monotonic() + 60)
+    node: Any = SimpleNamespace(
+        core=SimpleNamespace(config_index=4, log=SimpleNamespace(term=lambda i: 2)),
+        _applied=3,
+        _pending={4: stale},
+        _deadline=lambda timeout: time.monotonic() + 60,
+    )
+    Node._answer_when_config_applied(node, lambda out: answers.__setitem__("retry", out))
+    assert answers["stale"].error == "not_leader"
+    waiter = node._pending[4]
+    assert waiter.term == 2
+    waiter.deliver(Outcome(True, 4))  # the configuration entry applies
+    assert answers["retry"].ok and answers["retry"].result == 4
+    assert answers["stale"].error == "not_leader", "answered once, with the truth"

@@ -72,6 +72,11 @@ def test_the_stale_floor_travels_in_snapshots_and_older_tables_read_as_before() 
     assert restored.pack() == t.pack()
     assert restored.begin(b"a", 2) is STALE and restored.begin(b"a", 3) == _ok(30)
     assert restored.begin(b"b", 5) is None
+    untrimmed = SessionTable(SessionLimits(window=3, max_sessions=10))
+    for seq in (2, 3, 4):  # a full window, never trimmed: seq 1 was never applied
+        _run(untrimmed, b"a", seq)
+    restored.restore(untrimmed.pack())
+    assert restored.begin(b"a", 1) is None, "a replica restored from it agrees: seq 1 runs"
     full = [(3, [True, 30, "", ""]), (4, [True, 40, "", ""])]
     old = msgpack.packb([(b"", [(0, [True, [2, 10], "", ""])]), (b"a", full)], use_bin_type=True)
     restored.restore(old)  # an earlier version's full window: below it was stale then too
@@ -122,7 +127,8 @@ def test_an_earlier_version_can_still_restore_what_we_pack() -> None:
         for seq, res in results:
             ok, result, error, message = res
             earlier.setdefault(cid, {})[seq] = (bool(ok), result, str(error), str(message))
-    assert earlier[b"a"] == {1: _ok(10)} and set(earlier) == {b"", b"a"}
+    # the floor rides as seq 0, which no command has
+    assert earlier[b"a"] == {0: (True, 0, "", ""), 1: _ok(10)} and set(earlier) == {b"", b"a"}
 
 
 def test_a_snapshot_from_before_limits_travelled_keeps_ours() -> None:

@@ -81,13 +81,14 @@ def test_a_failed_deletion_is_reported_and_close_still_releases_the_dir(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An I/O error on the deleter thread reaches the caller (a later batch does not hide
-    it), and a close that raises it still closes every fd and the data-dir lock."""
+    it) but does not stop later batches from deleting, and a close that raises it still
+    closes every fd and the data-dir lock."""
     from zraft.storage import log as seglog
 
-    st = Storage.open(data_dir, **SMALL)
-    st.append(ents(1, 1, 200))
+    st = Storage.open(data_dir, segment_bytes=1024)
+    st.append(ents(1, 1, 400))
     st.sync()
-    st.write_snapshot(150, 1, Membership(), [b"state"])
+    st.write_snapshot(350, 1, Membership(), [b"state"])
     real, failures = seglog.fsync_dir, {"n": 0}
 
     def eio_once(path: Path) -> None:
@@ -99,14 +100,23 @@ def test_a_failed_deletion_is_reported_and_close_still_releases_the_dir(
     monkeypatch.setattr(seglog, "fsync_dir", eio_once)
     fds_before = len(os.listdir("/proc/self/fd"))
     st.compact(60)  # fails on the helper thread
+    first_kept = st.first_index()
     st.compact(120)  # a second batch must not hide the first failure
+    second_kept = st.first_index()
+    assert second_kept > first_kept
+    with pytest.raises(OSError, match="Input/output"):
+        st.wait_deletions()
+    left = [int(p.stem) for p in (data_dir / "log").glob("*.seg")]
+    assert min(left) == second_kept, "the second batch ran, and finished the first's work"
+    failures["n"] = 0  # one more failure, for close to raise
+    st.compact(200)
     with pytest.raises(OSError, match="Input/output"):
         st.close()
     assert len(os.listdir("/proc/self/fd")) < fds_before
     monkeypatch.undo()
-    with Storage.open(data_dir, **SMALL) as st:  # not DataDirLocked: the lock was released
-        assert st.last_index() == 199
-        assert all_entries(st) == ents(1, st.first_index(), 200)
+    with Storage.open(data_dir, segment_bytes=1024) as st:  # not DataDirLocked: released
+        assert st.last_index() == 399
+        assert all_entries(st) == ents(1, st.first_index(), 400)
 
 
 def test_enospc_on_hard_state_keeps_the_old_file(

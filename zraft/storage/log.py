@@ -79,6 +79,7 @@ class _Deleter:
         self._dir, self._durable = directory, durable
         self._pool: ThreadPoolExecutor | None = None
         self._last: Future[None] | None = None
+        self._leftover: list[Path] = []  #: a failed batch's undeleted files (thread-owned)
 
     def submit(self, paths: list[Path]) -> None:
         if self._pool is None:
@@ -87,14 +88,25 @@ class _Deleter:
         self._last = self._pool.submit(self._delete, paths, self._last)
 
     def _delete(self, paths: list[Path], before: Future[None] | None) -> None:
-        if before is not None:
-            before.result()  # an earlier failure fails this batch too: drain() must see it
-        try:
-            for path in paths:
+        """Delete what an earlier failed batch left, then this batch, oldest first.
+
+        A transient error must not end disk reclamation, nor may a later batch run past
+        files an earlier one failed to delete: that would leave a gap in the log, which
+        recovery refuses. The first failure is raised again for drain() to report.
+        """
+        earlier = before.exception() if before is not None else None
+        todo, self._leftover = self._leftover + paths, []
+        for k, path in enumerate(todo):
+            try:
                 self._delete_one(path)
-        except OSError as exc:  # re-raised by drain(); said here in case nobody drains
-            log.error("storage_unlink_failed", dir=str(self._dir), error=str(exc))
-            raise
+            except OSError as exc:  # re-raised by drain(); said here in case nobody drains
+                log.error("storage_unlink_failed", dir=str(self._dir), error=str(exc))
+                self._leftover = todo[k:]
+                if earlier is None:
+                    raise
+                break
+        if earlier is not None:
+            raise earlier
 
     def _delete_one(self, path: Path) -> None:
         """Unlink first, then free the blocks through a still-open fd.
