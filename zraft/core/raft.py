@@ -175,9 +175,10 @@ class Raft:
         self._stall_excused = False
         #: A restarted node forgot when it last heard a leader, and a leader's lease
         #: counts its acks from before the crash: it refuses votes for one election
-        #: timeout as if it had just heard one (§6.4.1 leases rely on §4.2.3). A node
-        #: that never had a term (bootstrap) has no leader to protect.
-        self._restart_guard = hs.term > 0
+        #: timeout as if it had just heard one (§6.4.1 leases rely on §4.2.3). Only for
+        #: lease reads (without them an early vote is safe, and the wait would delay an
+        #: election that needs this node); a node that never had a term has no leader.
+        self._restart_guard = config.lease_reads and hs.term > 0
         self._lease_ok_in_term = True
         self._uncommitted: deque[tuple[int, int]] = deque()
         self._uncommitted_bytes = 0
