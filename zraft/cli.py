@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from zraft.config import Config, parse_cluster
 from zraft.errors import ConfigError, ZraftError
 from zraft.storage.errors import DataDirLocked, DataDirMismatch, StorageError
@@ -82,12 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     app = load_app(args.app) if args.app else None
     node = Node(config, app)
 
+    _tune_gc()  # before the handlers: a signal in between would find no reactor to stop
+
     def on_signal(signum: int, _frame: Any) -> None:
         node.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    _tune_gc()
     profile_path = os.environ.get("ZRAFT_PROFILE")
     if profile_path:  # a developer tool: cProfile the whole reactor, dump at exit
         import cProfile
@@ -216,13 +219,23 @@ def cmd_members(args: argparse.Namespace) -> int:
         if args.action == "add":
             if not args.node_id or not args.address:
                 raise ConfigError("members add NODE_ID ADDRESS")
+            before = client.members()
+            known = {**before["voters"], **before["learners"]}
             client.add_member(args.node_id, args.address, voter=not args.learner)
-            print(f"added {args.node_id} ({'learner' if args.learner else 'voter once caught up'})")
+            if args.node_id in known:
+                print(f"{args.node_id} is already a member at {known[args.node_id]}: unchanged")
+            else:
+                kind = "learner" if args.learner else "voter once caught up"
+                print(f"added {args.node_id} ({kind})")
         elif args.action == "remove":
             if not args.node_id:
                 raise ConfigError("members remove NODE_ID")
+            before = client.members()
             client.remove_member(args.node_id)
-            print(f"removed {args.node_id}")
+            if args.node_id in {**before["voters"], **before["learners"]}:
+                print(f"removed {args.node_id}")
+            else:
+                print(f"{args.node_id} is not a member: nothing to remove")
         m = client.members()
         if args.json:
             print(json.dumps(m, sort_keys=True))
@@ -251,7 +264,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     with _client(args, timeout=120) as client:
-        endpoints = args.endpoints.split(",")
+        endpoints = client.endpoints  # parsed as every command does (id=address, spaces)
         targets = endpoints if args.all else [endpoints[0]]
         for ep in targets:
             index = client.take_snapshot(ep)
@@ -266,10 +279,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         raise ConfigError("keygen needs --name NODE_ID and/or --client NAME")
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     for name in args.names:
-        public, secret = generate_keypair(args.dir, name)
+        public, secret = generate_keypair(args.dir, name, overwrite=args.force)
         print(f"node {name}: public {public}  secret {secret}")
     for name in args.clients:
-        public, secret = generate_keypair(Path(args.dir) / "clients", name)
+        public, secret = generate_keypair(Path(args.dir) / "clients", name, overwrite=args.force)
         print(f"client {name}: public {public}  secret {secret}")
     return EXIT_OK
 
@@ -321,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fsync", choices=["always", "never"])
     run.add_argument("--log-file")
     run.add_argument("--log-format", choices=["json", "console"], default="console")
-    run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
+    )
     run.add_argument("--curve-keys", help="directory of CURVE keys (see zraft keygen)")
     run.set_defaults(func=cmd_run)
 
@@ -368,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument(
         "--client", dest="clients", action="append", default=[], help="a client (in DIR/clients)"
     )
+    kg.add_argument("--force", action="store_true", help="replace existing key pairs")
     kg.set_defaults(func=cmd_keygen)
 
     rp = sub.add_parser(
@@ -423,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNREACHABLE if "no answer" in str(exc) else EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
+    except (OSError, ValueError, zmq.ZMQError) as exc:  # a path, an address, a value
+        print(f"zraft {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from zraft.sessions import MAX_SESSION_WINDOW, MAX_SESSIONS
 
 MIN_FRAME_BYTES = 1 << 16  #: below this even a modest command would not fit a frame
 ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-ADDR_RE = re.compile(r"^(tcp://[^\s]+:\d{1,5}|ipc://\S+|inproc://\S+)$")
+_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"  # 1-65535
+ADDR_RE = re.compile(rf"^(tcp://[^\s]+:{_PORT}|ipc://\S+|inproc://\S+)$")
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Config:
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first wrong option."""
+        self._check_types()
         if not ID_RE.match(self.node_id or ""):
             raise ConfigError(f"node_id {self.node_id!r}: use 1-64 chars of [A-Za-z0-9_.-]")
         for name, addr in (("bind", self.bind), ("advertise", self.advertise)):
@@ -143,12 +147,24 @@ class Config:
             raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
         return self
 
+    def _check_types(self) -> None:
+        """Each option has its declared type: a TOML ``lease_reads = "false"`` is a
+        (truthy) string, and ``tick_ms = 1.5`` a float; neither may pass silently."""
+        hints = typing.get_type_hints(Config)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                raise ConfigError(
+                    f"{f.name} = {value!r}: expected {_type_name(hints[f.name])},"
+                    f" not {type(value).__name__}"
+                )
+
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Config:
         """Load a ``zraft.toml`` (keys = field names; a [peers] table); overrides win."""
         try:
             raw = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         raw.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
@@ -159,6 +175,29 @@ class Config:
             return cls(**raw).validate()
         except TypeError as exc:
             raise ConfigError(f"config {path}: {exc}") from exc
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """isinstance for the few annotations Config uses (bool is not an int here)."""
+    if isinstance(hint, types.UnionType):
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is dict:
+        return isinstance(value, dict) and all(
+            type(k) is str and type(v) is str for k, v in value.items()
+        )
+    if hint is int:
+        return type(value) is int
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is dict:
+        return "a table of id = address"
+    return "nothing" if hint is type(None) else str(hint.__name__)
 
 
 def parse_cluster(spec: str) -> dict[str, str]:

@@ -17,6 +17,11 @@ def _say(msg: str) -> None:
 def run_demo(nodes: int = 3, writes: int = 300, keep: bool = False, base_port: int = 0) -> int:
     """Start, write, kill the leader, write more, verify every write, print status, clean up."""
     cluster = LocalCluster(nodes, keep=keep, base_port=base_port)
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the cleanup below
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         _say(f"starting {nodes} node processes ({', '.join(cluster.endpoints)})")
         cluster.start()
@@ -65,9 +70,11 @@ def run_demo(nodes: int = 3, writes: int = 300, keep: bool = False, base_port: i
                 f"(try: zraft tail --timeline {cluster.base_dir}/logs/*.jsonl)"
             )
         return 0
-    except (ZraftError, TimeoutError) as exc:
-        _say(f"demo failed: {type(exc).__name__}: {exc} (logs: {cluster.base_dir / 'logs'})")
+    except (ZraftError, TimeoutError, RuntimeError) as exc:
+        _say(f"demo failed: {type(exc).__name__}: {exc}")
+        _say(f"last stderr lines: {cluster.last_errors()}")
         return 1
     finally:
+        signal.signal(signal.SIGTERM, previous)
         cluster.close()
         _say("stopped every node process and removed the data" if not keep else "stopped nodes")

@@ -77,6 +77,10 @@ class LocalCluster:
         curve_keys: str | None = None,
         curve_client: str = "client",
     ) -> None:
+        if not 1 <= nodes <= 64:
+            raise ValueError(f"a local cluster has 1 to 64 nodes, not {nodes}")
+        if base_port and not 1 <= base_port <= 65536 - nodes:
+            raise ValueError(f"ports {base_port}..{base_port + nodes - 1} are not all valid")
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="zraft-cluster-"))
         self.keep = keep
@@ -213,10 +217,24 @@ class LocalCluster:
             }
             if len(leaders) == 1:
                 return leaders.pop()
+            if self.nodes and not any(n.alive() for n in self.nodes.values()):
+                raise RuntimeError(f"every node process exited: {self.last_errors()}")
             time.sleep(0.05)
         raise TimeoutError(
             f"no single leader within {timeout}s; see logs in {self.base_dir / 'logs'}"
         )
+
+    def last_errors(self) -> str:
+        """Each node's last line of stderr (why a process that exited did), for messages."""
+        out = []
+        for node_id in self.nodes:
+            path = self.base_dir / "logs" / f"{node_id}.stderr"
+            try:
+                lines = path.read_text(errors="replace").strip().splitlines()
+            except OSError:
+                lines = []
+            out.append(f"{node_id}: {lines[-1] if lines else '(nothing on stderr)'}")
+        return "; ".join(out)
 
     def wait_applied(
         self, index: int, node_ids: list[str] | None = None, timeout: float = 60.0

@@ -40,11 +40,26 @@ CLIENT_USER_PREFIX = "client:"
 MAX_KEYS = 4096
 
 
-def generate_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
-    """Write ``<name>.key`` (public) and ``<name>.key_secret`` (0600) into ``directory``."""
-    assert name and "/" not in name and os.sep not in name and name not in (".", ".."), name
+def generate_keypair(
+    directory: str | os.PathLike[str], name: str, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write ``<name>.key`` (public) and ``<name>.key_secret`` (0600) into ``directory``.
+
+    Refuses (FileExistsError) to replace an existing pair unless ``overwrite``: a node
+    whose secret changed fails authentication on its next start."""
+    if not name or "/" in name or os.sep in name or name in (".", ".."):
+        raise ValueError(f"a key name is a plain file name, not {name!r}")
     Path(directory).mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
+    paths = [Path(directory) / f"{name}.key", Path(directory) / f"{name}.key_secret"]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exists (--force replaces it)")
+    old_umask = os.umask(0o077)  # the secret is never readable by others, not even briefly
+    try:
+        public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
+    finally:
+        os.umask(old_umask)
+    os.chmod(public, 0o644)
     os.chmod(secret, 0o600)
     return Path(public), Path(secret)
 

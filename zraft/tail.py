@@ -117,7 +117,10 @@ def parse_time_bound(text: str, now: datetime | None = None) -> str:
     s = text.strip()
     if _REL_FULL.fullmatch(s):
         age_s = sum(float(n) * _REL_UNITS_S[u] for n, u in _REL_PART.findall(s))
-        return format_key((now or datetime.now(UTC)) - timedelta(seconds=age_s))
+        try:
+            return format_key((now or datetime.now(UTC)) - timedelta(seconds=age_s))
+        except OverflowError:
+            raise ValueError(f"{text!r} reaches before the year 1") from None
     key = normalize_timestamp(s)
     if key is None:
         raise ValueError(f"not an ISO time or a relative age like 5m/30s: {text!r}")
@@ -509,7 +512,7 @@ def _size(n: Any) -> str:
 def _names(v: Any) -> str:
     if isinstance(v, list | tuple):
         return ",".join(str(x) for x in v) or "-"
-    return "-" if v is None else str(v)
+    return "-" if v is None or v == "" else str(v)
 
 
 def _who(rec: dict[str, Any]) -> str:
@@ -552,8 +555,8 @@ def describe_event(rec: dict[str, Any]) -> str:
         case "term_change":
             return f"{n} term {g('prev_term', '?')} -> {g('term', '?')}"
         case "leader_change":
-            if g("leader") is None:
-                return f"{n} lost leader {g('prev_leader', '?')}"
+            if not g("leader"):  # nodes log "" for no leader
+                return f"{n} lost leader {_names(g('prev_leader')) if g('prev_leader') else '?'}"
             return f"{n} sees leader {g('leader')} (was {_names(g('prev_leader'))})"
         case "membership_change":
             learners = f" learners {_names(g('learners'))}" if g("learners") else ""
@@ -722,6 +725,16 @@ class Tailer:
         self._pending += got
         return got
 
+    def _flush_partials(self) -> None:
+        """Following ends: a last line still waiting for its newline is a line too."""
+        now = time.monotonic()
+        for f in self._followers:
+            raw = f._flush_partial()
+            if raw:
+                n = len(f.queue)
+                f.ingest(raw, now, self.stats)
+                self._pending += len(f.queue) - n
+
     def _drain(self, final: bool) -> list[Line]:
         """K-way merge of queue heads; while following, hold young heads (see module doc)."""
         cfg = self.config
@@ -813,6 +826,7 @@ class Tailer:
             self.broken_pipe = True  # the reader (e.g. `head`) went away: not an error
             return 0
         except KeyboardInterrupt:
+            self._flush_partials()
             self._emit(self._drain(final=True))
         finally:
             for f in self._followers:
@@ -839,6 +853,7 @@ class Tailer:
             if self.stop_event.is_set() or (
                 cfg.max_idle_s is not None and now - last_data >= cfg.max_idle_s
             ):
+                self._flush_partials()
                 self._emit(self._drain(final=True))
                 return
             if now - last_scan >= cfg.rescan_interval_s:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,6 +134,10 @@ def test_cluster_commands_against_a_live_cluster(tmp_path: Path) -> None:
         res = zraft("members", "remove", "n9", "--endpoints", eps, "--json")
         assert res.returncode == 0, res.stderr
         assert "n9" not in json.loads(res.stdout.splitlines()[-1])["learners"]
+        res = zraft("members", "remove", "n9", "--endpoints", eps)  # a no-op says so
+        assert res.returncode == 0 and "not a member" in res.stdout
+        res = zraft("members", "add", "n1", spare, "--endpoints", eps)
+        assert res.returncode == 0 and "already a member" in res.stdout
 
         target = next(n for n in cluster.nodes if n != leader)
         res = zraft("transfer", "--to", target, "--endpoints", eps)
@@ -143,6 +150,9 @@ def test_cluster_commands_against_a_live_cluster(tmp_path: Path) -> None:
         res = zraft("snapshot", "--endpoints", eps, "--all", timeout=120)
         assert res.returncode == 0, res.stderr
         assert res.stdout.count("snapshot at index") == 3
+        named = ", ".join(f"{nid}={n.address}" for nid, n in cluster.nodes.items())
+        res = zraft("snapshot", "--endpoints", named, timeout=120)  # as CURVE needs them
+        assert res.returncode == 0, res.stderr
 
         logs = sorted(str(p) for p in (cluster.base_dir / "logs").glob("*.jsonl"))
         res = zraft("tail", "--timeline", *logs)
@@ -215,3 +225,67 @@ def test_run_freezes_start_up_objects_out_of_the_collectors_sight() -> None:
     )
     before, frozen, gen0 = (int(x) for x in out.stdout.split())
     assert before == 0 and frozen > 1000 and gen0 > 700, out.stdout
+
+
+def test_operator_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    """Wrong types in zraft.toml, impossible ports and bad endpoints: exit 2 with a line
+    that names the problem, never a traceback (found in review)."""
+    typed = tmp_path / "typed.toml"
+    typed.write_text('lease_reads = "false"\n')  # a string: truthy, lease reads on
+    port = f"n1=tcp://127.0.0.1:{free_ports(1)[0]}"
+    cases = [
+        (("run", "--id", "n1", "--cluster", port, "--data-dir", str(tmp_path / "d"),
+          "--config", str(typed)), "lease_reads"),
+        (("run", "--id", "n1", "--cluster", "n1=tcp://127.0.0.1:99999",
+          "--data-dir", str(tmp_path / "d")), "99999"),
+        (("run", "--id", "n1", "--cluster", port, "--data-dir", str(tmp_path / "d"),
+          "--log-level", "bogus"), "invalid choice"),
+        (("status", "--endpoints", "garbage"), "garbage"),
+        (("demo", "--nodes", "0"), "1 to 64 nodes"),
+        (("repair", "--data-dir", str(tmp_path)), "not a zraft data dir"),
+    ]  # fmt: skip
+    for args, says in cases:
+        res = zraft(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert says in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+    assert not (tmp_path / "LOCK").exists(), "repair touched a dir that is not a data dir"
+
+
+def test_keygen_refuses_to_replace_keys_without_force(tmp_path: Path) -> None:
+    """A replaced secret fails authentication at the node's next start."""
+    keys = tmp_path / "keys"
+    assert zraft("keygen", str(keys), "--name", "n1").returncode == 0
+    secret = keys / "n1.key_secret"
+    first = secret.read_bytes()
+    assert secret.stat().st_mode & 0o777 == 0o600
+    res = zraft("keygen", str(keys), "--name", "n1")
+    assert res.returncode == 2 and "--force" in res.stderr
+    assert secret.read_bytes() == first
+    assert zraft("keygen", str(keys), "--name", "n1", "--force").returncode == 0
+    assert secret.read_bytes() != first
+
+
+def test_demo_stopped_with_sigterm_ends_its_nodes() -> None:
+    """SIGTERM used to end the demo without its cleanup: three node processes and a
+    data dir left behind. Its nodes share its process group, which we check."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zraft.cli", "demo", "--writes", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until the cluster is up and writing
+            if "elected leader" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+        assert "stopped every node process" in out
+        time.sleep(0.5)  # process-level: let the reaped nodes leave the group table
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # nothing is left in the demo's process group
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group we created, by its id

@@ -141,6 +141,8 @@ def test_parse_time_bound_relative_and_iso() -> None:
     assert parse_time_bound("2026-01-01") == "2026-01-01T00:00:00.000000Z"
     with pytest.raises(ValueError):
         parse_time_bound("5 minutes")
+    with pytest.raises(ValueError, match="year 1"):
+        parse_time_bound("1000000d", now)  # before datetime's range: an error, not a crash
 
 
 def test_normalize_timestamp() -> None:
@@ -393,6 +395,8 @@ def test_timeline_other_story_events(tmp_path: Path, capsys: pytest.CaptureFixtu
             rec(3, "n1", "learner_promoted", term=2, member="n4"),
             rec(4, "n1", "leader_transfer", term=2, target="n3"),
             rec(5, "n1", "leader_change", term=2, leader=None, prev_leader="n3"),
+            rec(5.5, "n1", "leader_change", term=2, leader="", prev_leader="n2"),  # as logged
+            rec(5.7, "n1", "leader_change", term=3, leader="n2", prev_leader=""),
             rec(6, "n1", "storage_torn_tail_cut", segment=3, offset_bytes=77),
             rec(7, "n1", "node_stopped"),
         ],
@@ -407,6 +411,8 @@ def test_timeline_other_story_events(tmp_path: Path, capsys: pytest.CaptureFixtu
         "n1: learner n4 promoted",
         "n1 transfers leadership to n3",
         "n1 lost leader n3",
+        "n1 lost leader n2",
+        "n1 sees leader n2 (was -)",
         "n1 storage: torn tail cut segment=3 offset_bytes=77",
         "n1 stopped",
     ]
@@ -634,3 +640,16 @@ def test_tools_wrapper_subprocess(cluster: Path) -> None:
     assert "n1 became leader (was candidate)" in proc.stdout
     assert "\x1b[" not in proc.stdout  # not a TTY: no colour
     assert "12 lines from 3 files" in proc.stderr
+
+
+def test_follow_shows_a_last_line_without_a_newline_when_it_ends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without -f the last line counts once the file is done; with -f it waited for its
+    newline and was dropped when following stopped (found in review)."""
+    path = tmp_path / "n1.log"
+    path.write_text(rec(0, "n1", "first") + "\n" + rec(1, "n1", "last_no_newline"))
+    for extra in ((), ("-f", "--max-idle", "0.3")):
+        rc, out, _ = cli(capsys, "--json", *extra, str(path))
+        assert rc == 0
+        assert [r["event"] for r in json_out(out)] == ["first", "last_no_newline"], extra

@@ -60,6 +60,8 @@ def repair(
     higher term; only for a node whose peers are known to be past that term.
     """
     path = Path(data_dir)
+    if not (path / LOG_DIR).is_dir():  # touch nothing (not even a LOCK) in anything else
+        raise FileNotFoundError(f"{path} is not a zraft data dir (no {LOG_DIR}/ in it)")
     lock_fd = _lock_dir(path)
     try:
         report = RepairReport()
