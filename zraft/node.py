@@ -1177,6 +1177,7 @@ class Node:
                 if chunk.done:
                     self._verify_staged_snapshot(chunk.meta)
             if rd.snapshot is not None:
+                self.storage.restart_log_after(rd.snapshot)
                 self._install_snapshot(rd.snapshot)
         except (StorageFailed, OSError) as exc:
             self._storage_error = f"storage failed: {exc}"

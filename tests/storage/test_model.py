@@ -97,6 +97,7 @@ class LogModel(RuleBasedStateMachine):
         meta = SnapshotMeta(index, term, Membership(), 3, zlib.crc32(b"abc"))
         self.st.stage_snapshot_chunk(meta, 0, b"abc")
         assert self.st.finish_staged_snapshot(meta)
+        self.st.restart_log_after(meta)
         self.snap_index = index
         if agree:
             self.drop_prefix(self.st.first_index())

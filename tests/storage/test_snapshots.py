@@ -84,6 +84,9 @@ def test_staged_install_resets_a_disagreeing_log(data_dir: Path) -> None:
         st.stage_snapshot_chunk(meta, 3000, state[3000:6000])  # a resent chunk is harmless
         assert st.finish_staged_snapshot(meta)
         assert st.snapshot_meta() == meta
+        # published, but the log is the core's to replace: it still says what it held
+        assert (st.first_index(), st.last_index()) == (1, 49)
+        st.restart_log_after(meta)
         assert (st.first_index(), st.last_index(), st.term(80)) == (81, 80, 4)
         st.append(ents(4, 81, 90))
         st.sync()
@@ -100,8 +103,24 @@ def test_staged_install_keeps_an_agreeing_log_suffix(data_dir: Path) -> None:
         st.append(ents(1, 1, 60))
         st.stage_snapshot_chunk(meta, 0, b"abc")
         assert st.finish_staged_snapshot(meta)
+        st.restart_log_after(meta)
         assert st.first_index() <= 31 and st.last_index() == 59
         assert all_entries(st) == ents(1, st.first_index(), 60)
+
+
+def test_a_published_snapshot_with_the_log_not_yet_restarted_is_finished_at_open(
+    data_dir: Path,
+) -> None:
+    """A crash between publishing a staged snapshot and restarting the log after it:
+    the next open makes the log agree with the snapshot (the core had adopted it)."""
+    meta = SnapshotMeta(80, 4, M, 3, zlib.crc32(b"abc"))
+    with Storage.open(data_dir, **SMALL) as st:
+        st.append(ents(1, 1, 100))  # a different, uncommitted entry at 80
+        st.sync()
+        st.stage_snapshot_chunk(meta, 0, b"abc")
+        assert st.finish_staged_snapshot(meta)
+    with Storage.open(data_dir, **SMALL) as st:
+        assert (st.first_index(), st.last_index(), st.term(80)) == (81, 80, 4)
 
 
 def test_staged_install_with_bad_checksum_is_rejected(data_dir: Path) -> None:

@@ -379,13 +379,25 @@ class Storage:
             self._snaps.stage(meta, offset, data)
 
     def finish_staged_snapshot(self, meta: SnapshotMeta) -> bool:
-        """Verify + install the staged snapshot and restart the log after it; False if invalid."""
+        """Verify + publish the staged snapshot; False if invalid.
+
+        The log is left alone: the core decides next whether the snapshot replaces it
+        (then :meth:`restart_log_after` follows) or whether it already holds those
+        entries. Resetting here made a log that held a different, uncommitted entry
+        at the snapshot's index look as if it held the snapshot's. A crash in between
+        is finished at open (see :func:`reconcile`).
+        """
         with self._writing("finish_staged_snapshot"):
             if not self._snaps.finish_staged(meta):
                 return False
+        log.info("storage_snapshot_published", index=meta.index, term=meta.term)
+        return True
+
+    def restart_log_after(self, meta: SnapshotMeta) -> None:
+        """The core adopted ``meta``: the log continues after it (kept if it agrees)."""
+        with self._writing("restart_log_after"):
             self._log.reset(meta.index, meta.term)
         log.info("storage_snapshot_installed", index=meta.index, term=meta.term)
-        return True
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,0 +1,85 @@
+"""Snapshot installs on followers whose logs disagree with the leader's (found in review)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import pytest
+
+import zraft
+from zraft.launcher import free_ports
+
+pytestmark = pytest.mark.process
+
+
+def _leader(nodes: list[zraft.Node], timeout_s: float = 20.0) -> zraft.Node:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for n in nodes:
+            if n.status()["role"] == "leader":
+                return n
+        time.sleep(0.05)  # process-level polling with a generous bound
+    raise AssertionError("no leader")
+
+
+def test_a_snapshot_inside_a_followers_uncommitted_tail_replaces_that_tail(
+    tmp_path: Path,
+) -> None:
+    """An old leader, cut off, appended entries that never committed; the others moved
+    on and compacted. Its snapshot's index fell inside that tail: publishing the staged
+    snapshot reset the log, the core then saw the snapshot's term there, took it for an
+    entry it held, never restored, and its reactor died on a compacted read."""
+    ports = free_ports(3)
+    peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+
+    def node(nid: str) -> zraft.Node:
+        config = zraft.Config(
+            node_id=nid,
+            bind=peers[nid],
+            peers=peers,
+            data_dir=str(tmp_path / nid),
+            snapshot_entries=0,  # only the snapshot taken below
+            snapshot_trailing=0,  # and compacted right after it: a follower needs it
+            segment_bytes=1024,
+        )
+        return zraft.Node(config, zraft.KV()).start()
+
+    first = {nid: node(nid) for nid in peers}
+    running = list(first.values())
+    try:
+        old = _leader(running)
+        old.apply("put", "before", 1, timeout=10)
+        others = [nid for nid in peers if nid != old.config.node_id]
+        for nid in others:
+            first[nid].stop()
+
+        async def orphans() -> None:  # appended by the cut-off leader, never committed
+            async def one(i: int) -> None:
+                with contextlib.suppress(zraft.ZraftError):
+                    await old.apply_async("put", f"orphan{i}", i, timeout=0.5)
+
+            await asyncio.gather(*(one(i) for i in range(300)))
+
+        asyncio.run(orphans())
+        assert old.status()["last_index"] > 100
+        old.stop()
+        moved_on = [node(nid) for nid in others]
+        running = moved_on
+        new = _leader(moved_on)
+        for i in range(40):
+            new.apply("put", f"new{i}", i, timeout=10)
+        assert new.take_snapshot(timeout=30) < old.status()["last_index"]
+        back = node(old.config.node_id)
+        running = [*moved_on, back]
+        deadline = time.monotonic() + 30
+        while back.query("get", "new39", consistency="local", timeout=5) != 39:
+            assert back.status()["role"] != "stopped", "its reactor died"
+            assert time.monotonic() < deadline, "the snapshot never replaced its tail"
+            time.sleep(0.05)
+        assert back.query("get", "orphan0", consistency="local", timeout=5) is None
+    finally:
+        for n in running:
+            n.stop()
