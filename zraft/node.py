@@ -29,6 +29,7 @@ import zmq
 from zraft import codec
 from zraft.budget import TurnBudget
 from zraft.config import ADDR_RE, ID_RE, Config
+from zraft.core import ProgressState
 from zraft.core import raft as core_raft
 from zraft.core.types import (
     NONE,
@@ -107,6 +108,10 @@ class _CommitHistory:
 
 
 _NO_RESULT = object()
+#: A leader sending a snapshot defers automatic ones until this many intervals are due:
+#: each newer one pushes the transfer's snapshot toward pruning (keep_snapshots), and a
+#: transfer longer than that restarts from zero. The bound caps the log's growth.
+SNAPSHOT_DEFER_LIMIT = 4
 #: room an AppendEntries needs around one entry's data (ids, term and index fields)
 ENTRY_FRAME_MARGIN_BYTES = 4096
 
@@ -1423,12 +1428,21 @@ class Node:
     def _maybe_snapshot(self) -> None:
         every = self.config.snapshot_entries
         since = max(self._last_snapshot_index, self._snapshot_retry_from)
-        if every and self._applied - since >= every + self._snapshot_jitter:
+        due = self._applied - since
+        if every and due >= every + self._snapshot_jitter:
+            if due < SNAPSHOT_DEFER_LIMIT * every and self._sending_snapshot():
+                return  # a follower is fetching one: newer ones would push it out of keep
             self._start_snapshot(None)
             # Nodes apply the same entries at about the same time: with one fixed
             # interval they would all snapshot (and compete for CPU and disk) at once,
             # stalling every request in flight. Each node waits a random extra share.
             self._snapshot_jitter = self._rng.randrange(every // 4 + 1)
+
+    def _sending_snapshot(self) -> bool:
+        if self.core.role != Role.LEADER:
+            return False
+        progress = self.core.status().progress.values()
+        return any(p.state is ProgressState.SNAPSHOT for p in progress)
 
     def _do_manual_snapshot(self, deliver: Deliver) -> None:
         if self._applied == 0:

@@ -344,6 +344,25 @@ def test_snapshot_failed_discards_the_transfer_and_rejects() -> None:
     assert any(isinstance(m, SnapshotResponse) and m.reject for m in rd.messages)
 
 
+def test_a_resumed_transfer_of_a_different_snapshot_at_the_same_index_starts_over() -> None:
+    """A new leader's snapshot at the same index and term may hold other bytes (its
+    snapshot() need not match ours byte for byte): resuming at the old offset made the
+    driver's staging see a gap, and its reactor died (found in review)."""
+    from zraft.core import InstallSnapshot, SnapshotMeta, SnapshotResponse
+
+    r = make("n2", term=1)
+    members = Membership(voters={p: p for p in PEERS})
+    first = SnapshotMeta(10, 1, members, size=4, crc32=111)
+    other = SnapshotMeta(10, 1, members, size=4, crc32=222)
+    r.step(InstallSnapshot(1, "n1", "n2", first, 0, b"da", False))
+    r.advance(r.ready())
+    r.step(InstallSnapshot(1, "n3", "n2", other, 2, b"TA", True))  # resumed elsewhere
+    rd = r.ready()
+    assert not rd.snapshot_chunks, "no chunk of another snapshot is staged after ours"
+    answers = [m for m in rd.messages if isinstance(m, SnapshotResponse)]
+    assert answers and answers[-1].index == 10 and answers[-1].offset == 0  # start over
+
+
 def test_10_2_1_leader_counts_its_own_entries_only_once_persisted() -> None:
     """Dissertation §10.2.1: the leader may send AppendEntries before its own write lands,
     because its own copy counts toward the commit only after advance() says it is durable."""

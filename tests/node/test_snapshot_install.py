@@ -83,3 +83,62 @@ def test_a_snapshot_inside_a_followers_uncommitted_tail_replaces_that_tail(
     finally:
         for n in running:
             n.stop()
+
+
+def test_a_follower_catches_up_by_snapshot_while_the_leader_keeps_snapshotting(
+    tmp_path: Path,
+) -> None:
+    """A transfer that takes longer than the interval between snapshots used to restart
+    with every newer snapshot and never finish (found in review: 2 MB in 512-byte
+    chunks, a snapshot every ~150 entries under a steady writer)."""
+    import threading
+
+    ports = free_ports(3)
+    peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+
+    def node(nid: str) -> zraft.Node:
+        config = zraft.Config(
+            node_id=nid,
+            bind=peers[nid],
+            peers=peers,
+            data_dir=str(tmp_path / nid),
+            snapshot_entries=150,
+            snapshot_trailing=0,
+            snapshot_chunk_bytes=512,
+            segment_bytes=4096,
+            fsync="never",  # the transfer's pace is the point here, not the disk's
+        )
+        return zraft.Node(config, zraft.KV()).start()
+
+    running = [node("n1"), node("n2")]
+    stop = threading.Event()
+    try:
+        leader = _leader(running)
+
+        async def fill() -> None:
+            blob = b"x" * 1000
+            await asyncio.gather(*(leader.apply_async("put", f"big{i}", blob) for i in range(2000)))
+
+        asyncio.run(fill())
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                with contextlib.suppress(zraft.ZraftError):
+                    leader.apply("put", "counter", i, timeout=2)
+                i += 1
+                stop.wait(0.002)  # a steady trickle of writes (pacing, not synchronisation)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        late = node("n3")
+        running.append(late)
+        deadline = time.monotonic() + 30
+        while late.status()["snapshot_index"] == 0:
+            assert time.monotonic() < deadline, "the snapshot transfer never finished"
+            time.sleep(0.1)
+        assert late.query("get", "big1999", consistency="local", timeout=5) == b"x" * 1000
+    finally:
+        stop.set()
+        for n in running:
+            n.stop()

@@ -131,6 +131,10 @@ def _round_ctx(n: int) -> bytes:
     return n.to_bytes(8, "big")
 
 
+def _snapshot_id(meta: SnapshotMeta) -> tuple[int, int, int, int]:
+    return meta.index, meta.term, meta.size, meta.crc32
+
+
 class Raft:
     """One node's Raft core. See the module docstring and :class:`Ready`."""
 
@@ -703,7 +707,9 @@ class Raft:
             self._send(SnapshotResponse(self._term, self._id, m.frm, meta.index, meta.size, True))
             return
         recv = self._snap_recv
-        if recv is None or (recv[0].index, recv[0].term) != (meta.index, meta.term):
+        # the same transfer only if the same bytes: another leader's snapshot at the same
+        # index and term may differ (snapshot() output need not be identical everywhere)
+        if recv is None or _snapshot_id(recv[0]) != _snapshot_id(meta):
             if m.offset != 0:
                 self._send(SnapshotResponse(self._term, self._id, m.frm, meta.index, 0))
                 return
@@ -1102,18 +1108,31 @@ class Raft:
         self._send_snapshot(to, pr)
 
     def _send_snapshot(self, to: NodeId, pr: Progress) -> None:
+        """Send the next chunks of the follower's snapshot, a window at a time.
+
+        A transfer under way keeps its snapshot while the driver keeps it: switching to
+        every newer one restarted the transfer each time, and a follower whose transfer
+        took longer than the interval between snapshots never finished one.
+        """
         meta = pr.snap_meta
         assert meta is not None
         current = self.storage.snapshot_meta()
-        if current is not None and current.index != meta.index:
-            pr.become_snapshot(current)  # the driver took a newer snapshot: send that one
+        if current is not None and current.index != meta.index and pr.snap_sent == 0:
+            pr.become_snapshot(current)  # not begun: send the newest
             meta = current
         chunk = self.config.snapshot_chunk_bytes
         window = SNAPSHOT_WINDOW_CHUNKS * chunk
         while not pr.snap_done_sent and pr.snap_sent - pr.snap_acked < window:
             data = b""
             if pr.snap_sent < meta.size:
-                data = self.storage.snapshot_chunk(meta.index, pr.snap_sent, chunk)
+                try:
+                    data = self.storage.snapshot_chunk(meta.index, pr.snap_sent, chunk)
+                except Compacted:  # pruned under way: start over with the newest
+                    if current is None or current.index == meta.index:
+                        raise
+                    pr.become_snapshot(current)
+                    self._send_snapshot(to, pr)
+                    return
                 assert data, "storage returned no snapshot bytes"
             done = pr.snap_sent + len(data) >= meta.size
             self._send(InstallSnapshot(self._term, self._id, to, meta, pr.snap_sent, data, done))

@@ -397,7 +397,8 @@ class LogStorage(Protocol):
         ...
 
     def snapshot_chunk(self, index: int, offset: int, max_bytes: int) -> bytes:
-        """Bytes [offset, offset+max_bytes) of the snapshot whose last index is ``index``."""
+        """Bytes [offset, offset+max_bytes) of the snapshot whose last index is ``index``;
+        Compacted if that snapshot is gone (a newer one replaced it)."""
         ...
 
 

@@ -76,7 +76,8 @@ class MemoryStorage:
         return self._snap
 
     def snapshot_chunk(self, index: int, offset: int, max_bytes: int) -> bytes:
-        assert self._snap is not None and self._snap.index == index, "no such snapshot"
+        if self._snap is None or self._snap.index != index:
+            raise Compacted(index)  # replaced by a newer one: it keeps only one
         return self._snap_data[offset : offset + max_bytes]
 
     # ------------------------------------------------------------------ driver writes
