@@ -33,7 +33,6 @@ from zraft.codec import (
     MAX_ID_LEN,
     MAX_MEMBERS,
     DecodeError,
-    decode,
     decode_many,
     encode,
     encode_append,
@@ -287,27 +286,25 @@ class Transport:
                 self._send_replies(identity, batch)
 
     def _send_replies(self, identity: bytes, batch: list[ClientReply]) -> None:
-        data = self._encode_replies(batch)
-        try:
-            self._router.send_multipart([identity, data], zmq.NOBLOCK)
-        except zmq.ZMQError:  # Again, or the client is gone
-            self._stats["replies_dropped"] += len(batch)
-            return
-        self._stats["replies_sent"] += len(batch)
-        self._stats["bytes_out"] += len(data)
+        for data, count in self._encode_replies(batch):
+            try:
+                self._router.send_multipart([identity, data], zmq.NOBLOCK)
+            except zmq.ZMQError:  # Again, or the client is gone
+                self._stats["replies_dropped"] += count
+                continue
+            self._stats["replies_sent"] += count
+            self._stats["bytes_out"] += len(data)
 
-    def _encode_replies(self, batch: list[ClientReply]) -> bytes:
-        """One frame for the batch; if that fails, find and replace the bad replies."""
+    def _encode_replies(self, batch: list[ClientReply]) -> list[tuple[bytes, int]]:
+        """One frame for the batch (with its reply count); if that fails (a result msgpack
+        cannot carry, or too big together), one frame per reply, each encodable."""
         try:
             data = encode_batch(batch, self._cluster_id)
             if len(data) <= self._max_msg_bytes:
-                return data
+                return [(data, len(batch))]
         except (TypeError, ValueError, OverflowError):
             pass
-        if len(batch) == 1:
-            return self._encode_reply(batch[0])
-        fixed = [decode(self._encode_reply(r), self._cluster_id) for r in batch]
-        return encode_batch([r for r in fixed if isinstance(r, ClientReply)], self._cluster_id)
+        return [(self._encode_reply(r), 1) for r in batch]
 
     def _encode_reply(self, reply: ClientReply) -> bytes:
         """Encode, turning a result msgpack cannot carry (or too big) into an app_error."""

@@ -123,6 +123,49 @@ def test_a_client_id_reused_by_a_later_client_gets_fresh_sequence_numbers(
                 assert client.query("get", "z") == run
 
 
+class Lookups(zraft.StateMachine):
+    @zraft.query
+    def by_id(self) -> Any:
+        return {1: "alice", 2: "bob"}  # int keys: clients read them
+
+    @zraft.query
+    def tags(self) -> Any:
+        return {"a", "b"}  # a set: msgpack cannot carry it
+
+
+def test_a_reply_batch_with_one_unencodable_result_answers_each_and_survives(
+    tmp_path: Path,
+) -> None:
+    """The batch fallback decoded its own replies strictly, so an int-keyed result beside
+    an unencodable one crashed the reactor (found in review)."""
+    import zmq
+
+    from zraft import codec
+    from zraft.protocol import ClientReply, ClientRequest
+
+    node, addr = _solo(tmp_path, Lookups())
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(addr)
+    with node:
+        _leader(node)
+        reqs = [
+            ClientRequest(i, "query", name, consistency="local")
+            for i, name in enumerate(("by_id", "tags"))
+        ]
+        sock.send(codec.encode_batch(reqs, "zraft"))
+        replies: dict[int, ClientReply] = {}
+        while len(replies) < 2 and sock.poll(10_000):
+            for msg in codec.decode_many(sock.recv(), "zraft", strict_map_key=False):
+                assert isinstance(msg, ClientReply)
+                replies[msg.req_id] = msg
+        sock.close()
+        assert replies[0].ok and replies[0].result == {1: "alice", 2: "bob"}
+        assert not replies[1].ok and replies[1].error == "app_error"
+        assert node.status()["role"] == "leader"
+
+
 def test_bad_member_ids_are_refused_not_fatal(tmp_path: Path) -> None:
     node, addr = _solo(tmp_path, zraft.KV())
     with node, zraft.Client([addr], timeout=10) as client:
