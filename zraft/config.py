@@ -21,7 +21,8 @@ from zraft.sessions import MAX_SESSION_WINDOW, MAX_SESSIONS
 MIN_FRAME_BYTES = 1 << 16  #: below this even a modest command would not fit a frame
 ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"  # 1-65535
-ADDR_RE = re.compile(rf"^(tcp://[^\s]+:{_PORT}|ipc://\S+|inproc://\S+)$")
+#: an address: at most 1024 characters (the codec's limit for a member's address)
+ADDR_RE = re.compile(rf"^(?=.{{1,1024}}$)(tcp://[^\s]+:{_PORT}|ipc://\S+|inproc://\S+)$")
 
 
 @dataclass

@@ -195,6 +195,22 @@ def _wire_safe(out: Outcome) -> Outcome:
     return out
 
 
+#: voters + learners: each member costs every node a socket, and a ZeroMQ context holds
+#: at most 1023 (the codec's own bound, 1024, is higher)
+MAX_CLUSTER_MEMBERS = 256
+
+
+def _membership_problem(m: Membership) -> str:
+    """Why the cluster could not carry ``m`` (as the codec and the transport see it)."""
+    ids = m.ids()
+    if len(ids) > MAX_CLUSTER_MEMBERS:
+        return f"a cluster has at most {MAX_CLUSTER_MEMBERS} members (voters + learners)"
+    for node_id in ids:
+        if len(m.address(node_id) or "") > codec.MAX_ADDRESS_LEN:
+            return f"member {node_id}'s address exceeds {codec.MAX_ADDRESS_LEN} characters"
+    return ""
+
+
 def _settler(fut: concurrent.futures.Future[Outcome]) -> Deliver:
     """The reactor's answer to a waiting caller, harmless if the caller gave up first
     (query_async's wait_for cancels the future it wraps)."""
@@ -1557,6 +1573,10 @@ class Node:
         if self._closing or self.core.role != Role.LEADER:
             deliver(self._not_leader())
             return False
+        problem = _membership_problem(new)
+        if problem:  # an entry no follower could decode would block every entry after it
+            deliver(Outcome(False, error="bad_request", message=problem))
+            return False
         try:
             term, index = self.core.propose_membership(new)
         except core_raft.NotLeader:
@@ -1766,6 +1786,7 @@ class Node:
         if self._join_marker and not self.core.joining:
             self._join_marker = False
             self.storage.clear_joining()
+            self._join_peers = {}  # from now on only the membership says who may speak
             self.transport.set_peers(self._routes())  # the join peers are members now
             self.log.info("join_caught_up", applied=self._applied)
 

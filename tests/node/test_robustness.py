@@ -174,11 +174,28 @@ def test_bad_member_ids_are_refused_not_fatal(tmp_path: Path) -> None:
             ("", "tcp://127.0.0.1:1"),
             ("x" * 200, "tcp://127.0.0.1:1"),
             ("ok", "not-an-address"),
+            ("ok", "tcp://" + "a" * 1100 + ":5000"),  # no follower could decode it
         ):
             with pytest.raises(zraft.ZraftError, match="add_member needs"):
                 client.add_member(bad_id, bad_addr)
         client.apply("put", "alive", True)
         assert client.query("get", "alive") is True
+
+
+def test_membership_is_capped_below_what_the_sockets_allow(tmp_path: Path) -> None:
+    """Each member costs every node a socket (a context holds 1023): about 1020 learners
+    crashed the leader, and again on every restart (found in review)."""
+    from zraft.node import MAX_CLUSTER_MEMBERS
+
+    node, addr = _solo(tmp_path, zraft.KV())
+    with node, zraft.Client([addr], timeout=10) as client:
+        _leader(node)
+        for i in range(MAX_CLUSTER_MEMBERS - 1):
+            node.add_member(f"x{i}", f"inproc://x{i}", voter=False, timeout=10)
+        with pytest.raises(zraft.ZraftError, match="at most"):
+            client.add_member("one-too-many", "inproc://more", voter=False)
+        client.apply("put", "alive", True)
+        assert node.status()["role"] == "leader"
 
 
 def test_status_after_stop_answers_at_once(tmp_path: Path) -> None:
