@@ -320,6 +320,8 @@ class Node:
         self._commits = _CommitHistory(config.election_ticks * config.tick_ms / 2000)
         #: peer addresses learned while joining, before our log holds any membership
         self._join_peers: dict[str, str] = {}
+        self._client_status: dict[str, Any] = {}  #: see _status_for_clients
+        self._client_status_at = -1.0
         self._join_marker = False  #: the storage's "joining" file exists (see _open)
         self._dropped_non_member = 0
         self._snap_sending: dict[tuple[str, int], float] = {}  #: (peer, index) -> started
@@ -958,7 +960,7 @@ class Node:
                 return
             self._enqueue_read(_Read(req.name, req.args, deliver, deadline), consistency)
         elif kind == "status":
-            deliver(Outcome(True, self._status()))
+            deliver(Outcome(True, self._status_for_clients()))
         elif kind == "members":  # the leader's view: a removed node's would be stale
             deliver(
                 Outcome(True, self._members())
@@ -1781,6 +1783,14 @@ class Node:
             return
         self.core.await_join(index)
         self._end_join_if_caught_up()
+
+    def _status_for_clients(self) -> dict[str, Any]:
+        """At most one fresh status a millisecond: a frame of thousands of status
+        requests computed one each and held the reactor for seconds (found in review)."""
+        now = time.monotonic()
+        if now - self._client_status_at > 0.001:
+            self._client_status, self._client_status_at = self._status(), now
+        return self._client_status
 
     def _end_join_if_caught_up(self) -> None:
         if self._join_marker and not self.core.joining:

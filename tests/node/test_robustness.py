@@ -166,6 +166,38 @@ def test_a_reply_batch_with_one_unencodable_result_answers_each_and_survives(
         assert node.status()["role"] == "leader"
 
 
+def test_a_frame_of_status_requests_does_not_compute_one_status_each(tmp_path: Path) -> None:
+    """Thousands of status requests in a batch held the reactor for seconds (review)."""
+    import zmq
+
+    from zraft import codec
+    from zraft.protocol import ClientReply, ClientRequest
+
+    node, addr = _solo(tmp_path, zraft.KV())
+    calls = {"n": 0}
+    with node:
+        _leader(node)
+        real = node._status
+
+        def counted() -> dict[str, Any]:
+            calls["n"] += 1
+            return real()
+
+        node._status = counted  # type: ignore[method-assign]
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(addr)
+        sock.send(codec.encode_batch([ClientRequest(i, "status") for i in range(2000)], "zraft"))
+        answered = 0
+        while answered < 2000 and sock.poll(10_000):
+            replies = codec.decode_many(sock.recv(), "zraft", strict_map_key=False)
+            assert all(isinstance(r, ClientReply) and r.ok for r in replies)
+            answered += len(replies)
+        sock.close()
+        assert answered == 2000
+        assert calls["n"] < 100, calls
+
+
 def test_bad_member_ids_are_refused_not_fatal(tmp_path: Path) -> None:
     node, addr = _solo(tmp_path, zraft.KV())
     with node, zraft.Client([addr], timeout=10) as client:
