@@ -266,10 +266,18 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     with _client(args, timeout=120) as client:
         endpoints = client.endpoints  # parsed as every command does (id=address, spaces)
         targets = endpoints if args.all else [endpoints[0]]
-        for ep in targets:
-            index = client.take_snapshot(ep)
+        failed = 0
+        for ep in targets:  # one node's failure does not stop the others' snapshots
+            try:
+                index = client.take_snapshot(ep)
+            except ZraftError as exc:
+                if not args.all:
+                    raise
+                failed += 1
+                print(f"{ep}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
             print(f"{ep}: snapshot at index {index}")
-    return EXIT_OK
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -436,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except ZraftError as exc:
         print(f"zraft {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE if "no answer" in str(exc) else EXIT_FAIL
+        unreachable = any(s in str(exc) for s in ("no answer", "could not connect"))
+        return EXIT_UNREACHABLE if unreachable else EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
     except (OSError, ValueError, zmq.ZMQError) as exc:  # a path, an address, a value

@@ -45,6 +45,7 @@ Command = tuple[str, Sequence[Any]]  #: (command name, args) for apply_many
 #: (the socket keeps connecting meanwhile): a node that is down or still starting must
 #: not cost a whole attempt_timeout when another node could answer now.
 CONNECT_WAIT_S = 0.2
+ASK_CONNECT_S = 3.0  #: connect wait of a request to one named node (see _ask_one)
 #: Retry pauses double from RETRY_MIN_S up to RETRY_MAX_S (BUSY_MAX_S for "busy":
 #: backpressure deserves a longer step back); a hint naming another node is followed
 #: at once. A pause as long as an election timeout kept clients idle after a new
@@ -256,10 +257,14 @@ class Client:
 
     def _ask_one(self, endpoint: str, req: ClientRequest, timeout: float) -> Any:
         try:
-            reply = self._exchange(endpoint, req, timeout, connect_wait=timeout)
+            # a node that cannot take a connection in a few seconds is down: say so then,
+            # not after the whole timeout (a snapshot may legitimately take that long)
+            reply = self._exchange(endpoint, req, timeout, connect_wait=min(timeout, ASK_CONNECT_S))
         except _NotConnected:
             reply = None
         if reply is None:
+            if endpoint in self._unreachable:
+                raise ReadTimeout(f"could not connect to {endpoint} within {ASK_CONNECT_S:.0f}s")
             raise ReadTimeout(f"no answer from {endpoint} within {timeout:.1f}s")
         if not reply.ok:
             raise error_from_code(reply.error, reply.message, reply.leader, reply.leader_address)

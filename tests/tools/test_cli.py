@@ -97,6 +97,14 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
         assert st.is_empty() and not (tmp_path / "identity").exists()
 
 
+def test_snapshot_of_a_down_node_says_so_in_seconds() -> None:
+    """It waited out the whole 60 s snapshot timeout for a connection (found in review)."""
+    started = time.monotonic()
+    res = zraft("snapshot", "--endpoints", f"tcp://127.0.0.1:{free_ports(1)[0]}")
+    assert res.returncode == 3 and "could not connect" in res.stderr, res.stderr
+    assert time.monotonic() - started < 30  # generous: the connect wait is 3 s
+
+
 def test_status_of_an_unreachable_cluster_exits_3() -> None:
     port = free_ports(1)[0]
     res = zraft("status", "--endpoints", f"tcp://127.0.0.1:{port}", timeout=60)
