@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +27,20 @@ def _leader(nodes: list[zraft.Node], timeout_s: float = 20.0) -> zraft.Node:
     raise AssertionError("no leader")
 
 
+def _starter(tmp_path: Path, **options: Any) -> Callable[[str], zraft.Node]:
+    """Start node n1, n2 or n3 of one 3-voter cluster on free loopback ports."""
+    ports = free_ports(3)
+    peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+
+    def start(nid: str) -> zraft.Node:
+        config = zraft.Config(
+            node_id=nid, bind=peers[nid], peers=peers, data_dir=str(tmp_path / nid), **options
+        )
+        return zraft.Node(config, zraft.KV()).start()
+
+    return start
+
+
 def test_a_snapshot_inside_a_followers_uncommitted_tail_replaces_that_tail(
     tmp_path: Path,
 ) -> None:
@@ -32,20 +48,13 @@ def test_a_snapshot_inside_a_followers_uncommitted_tail_replaces_that_tail(
     on and compacted. Its snapshot's index fell inside that tail: publishing the staged
     snapshot reset the log, the core then saw the snapshot's term there, took it for an
     entry it held, never restored, and its reactor died on a compacted read."""
-    ports = free_ports(3)
-    peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
-
-    def node(nid: str) -> zraft.Node:
-        config = zraft.Config(
-            node_id=nid,
-            bind=peers[nid],
-            peers=peers,
-            data_dir=str(tmp_path / nid),
-            snapshot_entries=0,  # only the snapshot taken below
-            snapshot_trailing=0,  # and compacted right after it: a follower needs it
-            segment_bytes=1024,
-        )
-        return zraft.Node(config, zraft.KV()).start()
+    node = _starter(
+        tmp_path,
+        snapshot_entries=0,  # only the snapshot taken below
+        snapshot_trailing=0,  # and compacted right after it: a follower needs it
+        segment_bytes=1024,
+    )
+    peers = ("n1", "n2", "n3")
 
     first = {nid: node(nid) for nid in peers}
     running = list(first.values())
@@ -93,22 +102,14 @@ def test_a_follower_catches_up_by_snapshot_while_the_leader_keeps_snapshotting(
     chunks, a snapshot every ~150 entries under a steady writer)."""
     import threading
 
-    ports = free_ports(3)
-    peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
-
-    def node(nid: str) -> zraft.Node:
-        config = zraft.Config(
-            node_id=nid,
-            bind=peers[nid],
-            peers=peers,
-            data_dir=str(tmp_path / nid),
-            snapshot_entries=150,
-            snapshot_trailing=0,
-            snapshot_chunk_bytes=512,
-            segment_bytes=4096,
-            fsync="never",  # the transfer's pace is the point here, not the disk's
-        )
-        return zraft.Node(config, zraft.KV()).start()
+    node = _starter(
+        tmp_path,
+        snapshot_entries=150,
+        snapshot_trailing=0,
+        snapshot_chunk_bytes=512,
+        segment_bytes=4096,
+        fsync="never",  # the transfer's pace is the point here, not the disk's
+    )
 
     running = [node("n1"), node("n2")]
     stop = threading.Event()
