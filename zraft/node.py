@@ -211,22 +211,9 @@ def _membership_problem(m: Membership) -> str:
     return ""
 
 
-def _give_up_waiting(fut: asyncio.Future[Outcome]) -> None:
+def _give_up_waiting(fut: asyncio.Future[Outcome], error: str) -> None:
     if not fut.done():  # the reactor's answer, if it ever comes, is then dropped
-        fut.set_result(
-            Outcome(False, error="unknown_outcome", message="no answer in time; may have applied")
-        )
-
-
-def _settler(fut: concurrent.futures.Future[Outcome]) -> Deliver:
-    """The reactor's answer to a waiting caller, harmless if the caller gave up first
-    (query_async's wait_for cancels the future it wraps)."""
-
-    def settle(outcome: Outcome) -> None:
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            fut.set_result(outcome)
-
-    return settle
+        fut.set_result(Outcome(False, error=error, message="no answer in time"))
 
 
 class _LoopInbox:
@@ -408,17 +395,10 @@ class Node:
         if not isinstance(name, str):
             raise TypeError("command name must be a str")
         self._check_running()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Outcome] = loop.create_future()
-        inbox = getattr(self._tls, "inbox", None)
-        if inbox is None or inbox.loop is not loop:
-            inbox = self._tls.inbox = _LoopInbox(loop)
         data = codec.encode_command(b"", 0, name, tuple(args))
-        self._submit(data, inbox.deliverer(fut), self._deadline(timeout))
-        # The reactor answers by the deadline; this bounds a reactor that is stuck. A timer
-        # handle, not asyncio.wait_for: a task per call cost the embedded bench 25-30%.
-        timer = loop.call_later(self._wait_s(timeout), _give_up_waiting, fut)
-        try:
+        fut, deliver, timer = self._loop_answer(timeout, "unknown_outcome")
+        self._submit(data, deliver, self._deadline(timeout))
+        try:  # awaited here, not in a shared coroutine: one more per call cost ~20%
             outcome = await fut
         finally:
             timer.cancel()
@@ -427,13 +407,28 @@ class Node:
     async def query_async(
         self, name: str, *args: Any, consistency: str = "linearizable", timeout: float | None = None
     ) -> Any:
-        fut = self._submit_query(name, args, consistency, timeout)
-        answer = asyncio.wrap_future(fut)
+        post = self._read_poster(name, args, consistency, timeout)
+        fut, deliver, timer = self._loop_answer(timeout, "timeout")
+        post(deliver)
         try:
-            outcome: Outcome = await asyncio.wait_for(answer, self._wait_s(timeout))
-        except TimeoutError:
-            raise ReadTimeout("no answer in time") from None
+            outcome = await fut
+        finally:
+            timer.cancel()
         return outcome.unwrap()
+
+    def _loop_answer(
+        self, timeout: float | None, late: str
+    ) -> tuple[asyncio.Future[Outcome], Deliver, asyncio.TimerHandle]:
+        """A future on the running loop, the reactor's deliverer for it, and a timer that
+        answers ``late`` if the reactor has not by then (it is stuck). A timer handle, not
+        asyncio.wait_for: a task per call cost the embedded bench 25-30%."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        inbox = getattr(self._tls, "inbox", None)
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._tls.inbox = _LoopInbox(loop)
+        timer = loop.call_later(self._wait_s(timeout), _give_up_waiting, fut, late)
+        return fut, inbox.deliverer(fut), timer
 
     def on(self, event: str, callback: Callable[[Event], None]) -> None:
         """Call ``callback(Event)`` on each ``event`` ("*" for all), on the event thread."""
@@ -532,18 +527,29 @@ class Node:
     def _submit_query(
         self, name: str, args: tuple[Any, ...], consistency: str, timeout: float | None
     ) -> concurrent.futures.Future[Outcome]:
+        fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        self._read_poster(name, args, consistency, timeout)(fut.set_result)
+        return fut
+
+    def _read_poster(
+        self, name: str, args: tuple[Any, ...], consistency: str, timeout: float | None
+    ) -> Callable[[Deliver], None]:
+        """Check a query now (the caller gets the error); post it once given its deliverer."""
         if consistency not in ("linearizable", "lease", "local"):
             raise ValueError(f"consistency {consistency!r}: linearizable, lease or local")
         self._check_running()
-        fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        read = _Read(name, tuple(args), _settler(fut), self._deadline(timeout))
-        self._post(lambda: self._enqueue_read(read, consistency))
-        return fut
+        deadline = self._deadline(timeout)
+
+        def post(deliver: Deliver) -> None:
+            read = _Read(name, tuple(args), deliver, deadline)
+            self._post(lambda: self._enqueue_read(read, consistency))
+
+        return post
 
     def _call_outcome(self, body: Callable[[Deliver], None], timeout: float | None) -> Any:
         self._check_running()
         fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._post(lambda: body(_settler(fut)))
+        self._post(lambda: body(fut.set_result))
         return self._wait(fut, timeout, unknown=True)
 
     def _wait(

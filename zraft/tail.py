@@ -309,7 +309,7 @@ class FileFollower:
             return self._split(data)
         self.eof = True
         if not follow:
-            return self._flush_partial()
+            return self.flush_partial()
         return self._check_replaced(stats)
 
     def _check_replaced(self, stats: TailStats) -> list[bytes]:
@@ -331,7 +331,7 @@ class FileFollower:
             self._rotating = True  # one more read of the old file before switching
             self.eof = False
             return []
-        lines = self._flush_partial()
+        lines = self.flush_partial()
         self.close()
         stats.rotations += 1
         self._open()
@@ -358,7 +358,7 @@ class FileFollower:
         cut, self._partial, self._skipping = self._partial[:MAX_LINE_BYTES], b"", True
         return [cut]
 
-    def _flush_partial(self) -> list[bytes]:
+    def flush_partial(self) -> list[bytes]:
         """A last line without a newline is still a line once the file is done."""
         tail, self._partial = self._partial, b""
         return [tail] if tail else []
@@ -718,22 +718,23 @@ class Tailer:
             raw = f.read_lines(self.config.chunk_bytes, self.config.follow, self.stats)
             if f.inode != before:
                 self._retire(before)
-            if raw:
-                n = len(f.queue)
-                f.ingest(raw, now, self.stats)
-                got += len(f.queue) - n
-        self._pending += got
+            got += self._ingest(f, raw, now)
         return got
+
+    def _ingest(self, f: FileFollower, raw: list[bytes], now: float) -> int:
+        """Queue a follower's new lines; returns how many were queued (bad ones are not)."""
+        if not raw:
+            return 0
+        n = len(f.queue)
+        f.ingest(raw, now, self.stats)
+        self._pending += len(f.queue) - n
+        return len(f.queue) - n
 
     def _flush_partials(self) -> None:
         """Following ends: a last line still waiting for its newline is a line too."""
         now = time.monotonic()
         for f in self._followers:
-            raw = f._flush_partial()
-            if raw:
-                n = len(f.queue)
-                f.ingest(raw, now, self.stats)
-                self._pending += len(f.queue) - n
+            self._ingest(f, f.flush_partial(), now)
 
     def _drain(self, final: bool) -> list[Line]:
         """K-way merge of queue heads; while following, hold young heads (see module doc)."""
