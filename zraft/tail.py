@@ -208,6 +208,8 @@ def parse_json_line(raw: bytes) -> Any:
     the parse time, and this is the per-line hot path.
     """
     s = raw.decode("utf-8")
+    if s.startswith("\ufeff"):  # a file written with a byte-order mark: its first line
+        s = s[1:]
     try:
         obj, end = _SCAN_ONCE(s, 0)
     except StopIteration:
@@ -820,7 +822,8 @@ class Tailer:
         return not self.config.follow and not self._followers and not self._missing
 
     def run(self) -> int:
-        """Read (and follow) until done or stopped; 1 if a path was missing or none matched."""
+        """Read (and follow) until done or stopped; 1 if a named path was missing or could
+        not be read (a FIFO, a directory's unreadable file), or nothing matched."""
         try:
             self._loop()
         except BrokenPipeError:
@@ -834,7 +837,8 @@ class Tailer:
                 f.close()
         if self.config.summary:
             self._summary()
-        return 1 if self._missing or self._nothing_found() else 0
+        unreadable = any(f.open_error for f in self._followers)
+        return 1 if self._missing or unreadable or self._nothing_found() else 0
 
     def _loop(self) -> None:
         cfg = self.config

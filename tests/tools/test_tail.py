@@ -163,6 +163,7 @@ def test_format_value() -> None:
 
 def test_parse_json_line() -> None:
     assert parse_json_line(b'{"a": 1}\r') == {"a": 1}
+    assert parse_json_line('\ufeff{"a": 1}'.encode()) == {"a": 1}  # a file's byte-order mark
     assert parse_json_line(b'  {"a": 1}  ') == {"a": 1}
     for bad in (b"1 2", b'{"a": 1}x', b"{", b"", b"\xff\xfe"):
         with pytest.raises(ValueError):
@@ -261,7 +262,7 @@ def test_unreadable_path_is_reported_not_hung_on(
     os.mkfifo(fifo)
     write(tmp_path / "n1.log", [rec(0, "n1", "ok", seq=1)])
     rc, out, err = cli(capsys, "--json", str(fifo), str(tmp_path / "n1.log"))
-    assert rc == 0
+    assert rc == 1  # like a missing path: a script must not take it for a clean read
     assert [r["seq"] for r in json_out(out)] == [1]
     assert f"cannot read {fifo}: not a regular file" in err
 
