@@ -112,6 +112,8 @@ _NO_RESULT = object()
 #: each newer one pushes the transfer's snapshot toward pruning (keep_snapshots), and a
 #: transfer longer than that restarts from zero. The bound caps the log's growth.
 SNAPSHOT_DEFER_LIMIT = 4
+#: stop() waits this long for a snapshot being written; its callers are told "stopped"
+SNAPSHOT_STOP_WAIT_S = 30.0
 #: room an AppendEntries needs around one entry's data (ids, term and index fields)
 ENTRY_FRAME_MARGIN_BYTES = 4096
 
@@ -848,7 +850,7 @@ class Node:
             for r in reads:
                 r.deliver(stopped)
         if self._snapshot_thread is not None:
-            self._snapshot_thread.join(timeout=30)
+            self._snapshot_thread.join(timeout=SNAPSHOT_STOP_WAIT_S)
         self._run_queued_calls()
         for _, d in self._snapshot_waiters:  # the write outlived the join: no answer coming
             d(stopped)
@@ -1509,6 +1511,8 @@ class Node:
                 deliver(Outcome(False, error="app_error", message=f"snapshot() failed: {exc}"))
             return
         chunks: Iterable[bytes] = [state] if isinstance(state, bytes | bytearray) else state
+        if deliver is not None:  # answered with the waiters, or told "stopped" with them
+            self._snapshot_waiters.append((index, deliver))
 
         def stream() -> Iterator[bytes]:
             yield head
@@ -1517,20 +1521,16 @@ class Node:
         def write() -> None:
             try:
                 meta = self.storage.write_snapshot(index, term, membership, stream())
-                self._post(lambda: self._snapshot_written(meta, started, deliver, None))
+                self._post(lambda: self._snapshot_written(meta, started, None))
             except Exception as exc:
                 err = exc
-                self._post(lambda: self._snapshot_written(None, started, deliver, err))
+                self._post(lambda: self._snapshot_written(None, started, err))
 
         self._snapshot_thread = threading.Thread(target=write, name="zraft-snapshot", daemon=True)
         self._snapshot_thread.start()
 
     def _snapshot_written(
-        self,
-        meta: SnapshotMeta | None,
-        started: float,
-        deliver: Deliver | None,
-        err: Exception | None,
+        self, meta: SnapshotMeta | None, started: float, err: Exception | None
     ) -> None:
         if self._snapshot_thread is not None:
             self._snapshot_thread.join()
@@ -1540,10 +1540,7 @@ class Node:
             self.log.error("snapshot_failed", error=str(err))
             self._snapshot_retry_from = self._applied  # not again at once: after N entries
             failed = Outcome(False, error="storage_failed", message=f"snapshot failed: {err}")
-            targets = [w for _, w in waiters]
-            if deliver is not None:
-                targets.append(deliver)
-            for d in targets:
+            for _, d in waiters:
                 d(failed)
             return
         self._last_snapshot_index = meta.index
@@ -1553,8 +1550,6 @@ class Node:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         self.log.info("snapshot_taken", index=meta.index, size=meta.size, duration_ms=duration_ms)
         self.events.emit("snapshot_taken", meta.index, meta.size)
-        if deliver is not None:
-            deliver(Outcome(True, meta.index))
         self._answer_snapshot_waiters(meta.index, waiters)
 
     def _answer_snapshot_waiters(self, index: int, waiters: list[tuple[int, Deliver]]) -> None:

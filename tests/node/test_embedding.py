@@ -534,7 +534,7 @@ def test_take_snapshot_during_another_waits_and_covers_what_was_applied(
         t2 = threading.Thread(target=lambda: second.append(node.take_snapshot(timeout=30)))
         t2.start()
         deadline = time.monotonic() + 30
-        while not node._snapshot_waiters:  # the second call is queued behind the first
+        while len(node._snapshot_waiters) < 2:  # the second call is queued behind the first
             assert time.monotonic() < deadline and t2.is_alive(), "second call not waiting"
             time.sleep(0.01)
         sm.release.set()
@@ -543,6 +543,37 @@ def test_take_snapshot_during_another_waits_and_covers_what_was_applied(
         assert first and second, "both calls answered (the second was not refused as busy)"
         assert first[0] < second[0], "the second took a new snapshot: the first missed some"
         assert second[0] >= first[0] + 3 and applied == 8
+
+
+def test_a_snapshot_write_outliving_stop_tells_its_caller_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zraft.node
+
+    monkeypatch.setattr(zraft.node, "SNAPSHOT_STOP_WAIT_S", 0.2)
+    sm = _SlowSnapshots()
+    node = _single(tmp_path, sm).start()
+    try:
+        _wait_leader([node])
+        node.apply("add", 1)
+        errors: list[Exception] = []
+
+        def call() -> None:
+            try:
+                node.take_snapshot(timeout=60)
+            except Exception as e:  # the test inspects it
+                errors.append(e)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert sm.writing.wait(30)
+        node.stop()
+        caller.join(10)
+        assert not caller.is_alive(), "the caller of a snapshot cut off by stop() hung"
+        assert errors and "stopped" in str(errors[0]).lower(), errors
+    finally:
+        sm.release.set()
+        node.stop()
 
 
 def test_a_pending_promotion_survives_a_leader_change(
