@@ -226,6 +226,9 @@ class Client:
         if sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            # Our own random routing id: the one a ROUTER would assign counts up from a
+            # known start, and another caller claiming it would take our replies over.
+            sock.setsockopt(zmq.ROUTING_ID, b"c" + os.urandom(15))
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)

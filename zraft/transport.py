@@ -9,9 +9,13 @@ one ROUTER and is validated by the codec; anything bad is counted, logged
 
 Framing: a peer's or client's DEALER sends exactly one frame (the encoded
 message); the ROUTER prepends the sender's routing id, so a valid inbound is
-exactly ``[identity, payload]``. A peer's DEALER routing id is its node id,
-and a Raft message is accepted only if its ``frm`` equals that identity --
-and, with CURVE on, the node id the ZAP handler bound to the sender's key.
+exactly ``[identity, payload]``. A peer's DEALER routing id is its node id, a
+NUL and 8 random bytes drawn when the transport opens, and a Raft message is
+accepted only if its ``frm`` is the part before the NUL -- and, with CURVE on,
+the node id the ZAP handler bound to the sender's key. The random part is what
+keeps ``ROUTER_HANDOVER`` (a reconnecting DEALER takes its routing id over from
+a connection the ROUTER still thinks alive) from handing a peer's connection to
+anyone who merely knows the peer's name.
 
 Not thread-safe: use a Transport from the one thread that created it. With
 CURVE on, a Transport owns the context's ZAP handler: one per context.
@@ -20,6 +24,7 @@ CURVE on, a Transport owns the context's ZAP handler: one per context.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -109,12 +114,12 @@ class Transport:
         peer_sndhwm: int = 1000,
     ) -> None:
         assert 0 < len(node_id) <= MAX_ID_LEN, "node id is 1..MAX_ID_LEN chars"
-        # It becomes the DEALERs' ZMQ routing id: at most 255 bytes, no leading NUL (reserved).
-        assert len(node_id.encode()) <= 255 and not node_id.startswith("\x00"), node_id
+        # It starts the DEALERs' ZMQ routing id: at most 255 bytes, no NUL (the separator).
+        assert len(node_id.encode()) <= 255 - 9 and "\x00" not in node_id, node_id
         assert max_msg_bytes > 0 and peer_sndhwm > 0
         self._ctx = ctx
         self._node_id = node_id
-        self._identity = node_id.encode()
+        self._identity = peer_routing_id(node_id)
         self._cluster_id = cluster_id
         self._curve = curve
         self._max_msg_bytes = max_msg_bytes
@@ -142,7 +147,11 @@ class Transport:
         sock: zmq.Socket[Any] = self._ctx.socket(zmq.ROUTER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reuses its routing id
+            # a peer's DEALER reconnecting before the ROUTER saw its old connection die
+            # (a partition, a half-open TCP) takes its routing id over; a refused one
+            # would never retry. Routing ids are unguessable (peer_routing_id), so only
+            # the same socket can claim one.
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # unroutable replies vanish, never raise
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_msg_bytes)
             set_tcp_liveness(sock)
@@ -394,7 +403,7 @@ class Transport:
         """'' if ``msg`` really comes from ``msg.frm`` and is for us, else a reason code."""
         if msg.to != self._node_id:
             return "wrong_recipient"
-        if msg.frm.encode() != identity:
+        if identity.partition(b"\x00")[0] != msg.frm.encode():
             return "sender_mismatch"
         if self._curve is not None and _user_id(payload) != msg.frm:
             return "key_mismatch"
@@ -457,6 +466,15 @@ def _with_source(address: str, source: str) -> str:
     if not source or not address.startswith("tcp://") or ";" in address:
         return address
     return f"tcp://{source}:0;{address[len('tcp://') :]}"
+
+
+def peer_routing_id(node_id: str) -> bytes:
+    """The routing id of this process's DEALERs: the node id, a NUL, 8 random bytes.
+
+    A restarted node draws a new one, so it never collides with the connection its
+    previous life left behind; nobody can claim it without having read it.
+    """
+    return node_id.encode() + b"\x00" + os.urandom(8)
 
 
 def _user_id(frame: zmq.Frame) -> str:

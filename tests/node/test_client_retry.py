@@ -36,6 +36,7 @@ class FakeNode:
     def __init__(self, script: Script) -> None:
         self.address = f"tcp://127.0.0.1:{free_ports(1)[0]}"
         self.script, self.seen = script, 0
+        self.identities: list[bytes] = []  # the routing id each request came from
         self._stop = threading.Event()
         self._sock = zmq.Context.instance().socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -48,6 +49,7 @@ class FakeNode:
             if not self._sock.poll(20):
                 continue
             identity, frame = self._sock.recv_multipart()
+            self.identities.append(identity)
             for req in codec.decode_many(frame, "zraft"):
                 assert isinstance(req, ClientRequest)
                 self.seen += 1
@@ -102,6 +104,19 @@ def _not_leader(hint: FakeNode | None) -> Script:
 
 def _dead_address() -> str:
     return f"tcp://127.0.0.1:{free_ports(1)[0]}"  # nobody listens there
+
+
+def test_clients_choose_unguessable_routing_ids(fakes: list[FakeNode]) -> None:
+    """A ROUTER's own ids count up from a known start: a caller claiming one (the ROUTER
+    hands a routing id to whoever claims it last) would receive another client's replies."""
+    node = FakeNode(_ok)
+    fakes.append(node)
+    for _ in range(2):
+        with zraft.Client([node.address], timeout=5) as c:
+            assert c.apply("noop") == "done"
+    first, second = node.identities
+    assert first != second and len(first) == len(second) == 16
+    assert not first.startswith(b"\x00")  # not one the ROUTER assigned
 
 
 def test_a_hint_to_another_node_is_followed_without_pausing(

@@ -25,7 +25,7 @@ from zraft.codec import encode
 from zraft.core.types import AppendEntries, AppendResponse, Entry, EntryType, Heartbeat
 from zraft.errors import ConfigError
 from zraft.protocol import ClientReply, ClientRequest
-from zraft.transport import Transport
+from zraft.transport import Transport, peer_routing_id
 
 CID = "wire-test"
 pytestmark = pytest.mark.timeout(60)
@@ -60,11 +60,11 @@ def test_two_transports_exchange_raft_messages(pair: tuple[Transport, Transport]
     a, b = pair
     hb = Heartbeat(1, "a", "b", 0, ctx=b"r1")
     identity, got = deliver(a, b, hb)
-    assert identity == b"a" and got == hb
+    assert identity.partition(b"\x00")[0] == b"a" and got == hb
     entries = tuple(Entry(1, i, EntryType.NORMAL, b"x" * i) for i in range(1, 50))
     ae = AppendEntries(1, "b", "a", 0, 0, entries, 3)
     identity, got = deliver(b, a, ae)
-    assert identity == b"b" and got == ae
+    assert identity.partition(b"\x00")[0] == b"b" and got == ae
     assert a.stats()["sent"] >= 1 and a.stats()["received"] >= 1
     assert b.stats()["bytes_in"] > 0 and b.stats()["bytes_out"] > 0
     assert a.peers() == {"b": b.endpoint}
@@ -212,6 +212,33 @@ def test_restarted_peer_with_same_routing_id_is_heard(ctx: zmq.Context[Any]) -> 
         if new is not None:
             new.close()
         a.close()
+
+
+def test_peer_routing_ids_are_the_node_id_and_a_fresh_random_part() -> None:
+    ids = {peer_routing_id("n1") for _ in range(100)}
+    assert len(ids) == 100
+    for rid in ids:
+        name, sep, rest = rid.partition(b"\x00")
+        assert (name, sep, len(rest)) == (b"n1", b"\x00", 8)
+
+
+def test_a_caller_claiming_a_peers_name_cannot_take_its_connection_over(
+    ctx: zmq.Context[Any],
+) -> None:
+    """ROUTER_HANDOVER gives a routing id to whoever claims it last: the peer's is secret."""
+    a = Transport(ctx, "a", LOCAL_ANY, {}, CID)
+    b = Transport(ctx, "b", LOCAL_ANY, {"a": a.endpoint}, CID)
+    deliver(b, a, Heartbeat(1, "b", "a", 0))
+    impostor = client_socket(ctx, a.endpoint, routing_id=b"b")
+    try:
+        impostor.send(encode(Heartbeat(1, "b", "a", 7), CID))
+        assert [m.commit for _, m in recv_some(a) if isinstance(m, Heartbeat)] == [7]
+        deliver(b, a, Heartbeat(1, "b", "a", 1))  # b's own connection still carries it
+        assert a.stats()["bad_dropped"] == 0
+    finally:
+        impostor.close()
+        a.close()
+        b.close()
 
 
 def test_restarted_peer_on_same_address_is_reached_and_heard(ctx: zmq.Context[Any]) -> None:
