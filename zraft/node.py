@@ -68,6 +68,8 @@ from zraft.protocol import ClientReply, ClientRequest
 from zraft.sessions import SessionLimits, SessionTable, Stale
 from zraft.statemachine import StateMachine
 from zraft.storage import Storage, StorageFailed
+from zraft.storage.records import REC_HDR_BYTES
+from zraft.storage.storage import DEFAULT_MAX_RECORD_BYTES
 from zraft.transport import Inbound, Transport
 
 _WAKE = b"w"
@@ -299,9 +301,11 @@ class Node:
         self._applied_membership = Membership()
         self._last_snapshot_index = 0  #: of the newest snapshot on disk
         self._snapshot_retry_from = 0  #: applied index of the last failed attempt
-        #: the largest entry an AppendEntries frame carries, the message around it aside
-        self._max_entry_bytes = (
-            config.max_frame_bytes - ENTRY_FRAME_MARGIN_BYTES - len(config.cluster_id.encode())
+        #: the largest command: an AppendEntries frame must carry it (the message around
+        #: it aside) and one log record hold it; beyond either it would stop the cluster
+        self._max_entry_bytes = min(
+            config.max_frame_bytes - ENTRY_FRAME_MARGIN_BYTES - len(config.cluster_id.encode()),
+            DEFAULT_MAX_RECORD_BYTES - REC_HDR_BYTES,
         )
         seed = config.seed if config.seed is not None else time.time_ns()
         self._rng = random.Random(hash((config.node_id, seed)))
@@ -1024,11 +1028,12 @@ class Node:
         elif self.core.role != Role.LEADER:
             deliver(self._not_leader())
         elif len(data) > self._max_entry_bytes:
-            # it could never reach a follower (the frame would exceed max_frame_bytes):
-            # accepted, it would block every later entry behind it
+            # it could never be stored, or reach a follower (the frame would exceed
+            # max_frame_bytes): accepted, it would block every later entry behind it
             message = (
-                f"command of {len(data)} bytes exceeds {self._max_entry_bytes}, the most an"
-                f" AppendEntries frame can carry (max_frame_bytes={self.config.max_frame_bytes})"
+                f"command of {len(data)} bytes exceeds {self._max_entry_bytes}, the most one"
+                f" log record or AppendEntries frame holds"
+                f" (max_frame_bytes={self.config.max_frame_bytes})"
             )
             deliver(Outcome(False, error="bad_request", message=message))
         elif len(self._pending) + len(self._proposals) >= self.config.max_pending:

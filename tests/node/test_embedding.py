@@ -796,6 +796,19 @@ def test_a_command_too_big_for_a_frame_is_refused_and_writes_go_on(tmp_path: Pat
             time.sleep(0.05)  # process-level polling with a generous bound
 
 
+def test_a_command_too_big_for_a_log_record_is_refused_and_the_node_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The default frame (64 MiB) takes more than a log record (16 MiB) holds: such a
+    command once reached storage, whose refusal stopped the reactor on every node."""
+    with _single(tmp_path, Counter()) as node:
+        _wait_leader([node])
+        with pytest.raises(zraft.CommandFailed, match="log record"):
+            node.apply("add", b"x" * (16 << 20), timeout=30)
+        assert node.apply("add", 5, timeout=10) == 5
+        assert node.status()["role"] == "leader"
+
+
 def test_a_frame_limit_too_small_for_any_command_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(zraft.ConfigError, match="max_frame_bytes must be >= 65536"):
         _solo_config(tmp_path, max_frame_bytes=4096).validate()

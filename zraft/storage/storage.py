@@ -50,6 +50,8 @@ FSYNC_MODES = ("always", "never")
 MIN_SEGMENT_BYTES = 64
 MAX_SEGMENT_BYTES = 1 << 32
 MAX_RECORD_LIMIT = 1 << 30
+#: one log record (an entry and its 28-byte header): the node caps commands below it
+DEFAULT_MAX_RECORD_BYTES = 16 << 20
 LOG_DIR = "log"
 SNAP_DIR = "snapshots"
 #: present while a re-provisioned node waits to apply the entry that added it (holds
@@ -90,7 +92,7 @@ class Storage:
         *,
         segment_bytes: int = 64 << 20,
         fsync: str = "always",
-        max_record_bytes: int = 16 << 20,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         keep_snapshots: int = 2,
     ) -> Storage:
         """Open (creating if needed) and recover ``data_dir``; raises CorruptLog on damage."""
