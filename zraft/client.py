@@ -144,8 +144,9 @@ class Client:
         batch, so this costs far less per command than :meth:`apply` in a loop. A
         retry resends only the commands that lack a definite answer, so after a
         failover a retried command may land after ones that followed it. Returns one
-        result per command; a command whose handler raised gets its
-        :class:`ApplicationError` in its place (the others still apply). Raises like
+        result per command; a command that definitely failed gets its error in its
+        place: :class:`ApplicationError` when its handler raised, :class:`NoSuchCommand`
+        or :class:`CommandFailed` when it was refused (the others still apply). Raises like
         :meth:`apply` when no definite answer comes (``timeout`` is per chunk).
         ``chunk`` must not exceed the cluster's ``session_window``.
         """
@@ -424,8 +425,8 @@ class Client:
                     results[i] = reply.result
                 elif reply.error == "app_error":
                     results[i] = ApplicationError(reply.message)
-                elif reply.error not in _RETRY_ON:
-                    raise error_from_code(
+                elif reply.error not in _RETRY_ON:  # this one definitely failed; the rest
+                    results[i] = error_from_code(  # of the batch may well have applied
                         reply.error, reply.message, reply.leader, reply.leader_address
                     )
                 else:

@@ -12,6 +12,7 @@ import msgpack
 import pytest
 import zmq
 
+import zraft
 from zraft import codec
 from zraft.client import Client
 from zraft.errors import ApplicationError
@@ -131,10 +132,12 @@ def test_apply_many_batches_in_order_with_app_errors_in_place(cluster3: LocalClu
         client.apply("put", "text", "not a number")
         commands = [("incr", ("many",)) for _ in range(300)]  # two chunks of <= 256
         commands.insert(7, ("incr", ("text",)))  # its handler raises
+        commands.insert(9, ("no_such", ()))  # refused: the rest of the batch still applies
         results = client.apply_many(commands)
-        assert len(results) == 301
+        assert len(results) == 302
         assert isinstance(results[7], ApplicationError)
-        assert [r for i, r in enumerate(results) if i != 7] == list(range(1, 301))
+        assert isinstance(results[9], zraft.NoSuchCommand)
+        assert [r for i, r in enumerate(results) if i not in (7, 9)] == list(range(1, 301))
         assert client.query("get", "many") == 300
         assert client.apply_many([]) == []
         with pytest.raises(ValueError, match="chunk"):
