@@ -63,3 +63,17 @@ def test_progress_between_rounds_resets_the_count() -> None:
     for _ in range(r._stall_rounds() - 1):  # the last round showed progress: count anew
         assert not _heartbeat_round(r, "n2")
     assert _heartbeat_round(r, "n2"), "a follower that stops moving is probed in the end"
+
+
+def test_a_newer_terms_notice_is_not_taken_for_an_ack_of_nothing() -> None:
+    """A follower at a newer term answers a stale heartbeat with AppendResponse(index=0);
+    if its sender leads again in that term by the time it lands, it must not move a
+    probing follower to replicate from index 1 (a whole-log resend, or a snapshot)."""
+    r = make(election_ticks=10, heartbeat_ticks=1)
+    elect(r)
+    msgs(r)
+    before = r.status().progress["n2"]
+    r.step(AppendResponse(r.term, "n2", "n1", 0))
+    after = r.status().progress["n2"]
+    assert (after.state, after.next, after.match) == (before.state, before.next, before.match)
+    assert not [m for m in msgs(r) if isinstance(m, AppendEntries) and m.to == "n2"]

@@ -16,7 +16,7 @@ from zraft.core import (
     ProposalDropped,
     Role,
 )
-from zraft.testing.sim import Cluster, Faults, random_run
+from zraft.testing.sim import Cluster, Faults, encode_state, random_run
 
 
 def others(c: Cluster, node: str) -> list[str]:
@@ -204,6 +204,30 @@ def test_leader_transfer_to_a_lagging_target() -> None:
     assert c.run_until(lambda: c.leader() == target, 10)
     assert c.core(target).term == c.core(lead).term
     assert c.core(lead).role is Role.FOLLOWER
+    assert c.propose(b"after") is not None
+    c.tick(3)
+    c.check_final()
+
+
+def test_leader_transfer_to_a_target_caught_up_by_a_snapshot_of_the_whole_log() -> None:
+    """Thesis §3.10: the leader sends TimeoutNow once the target's log matches its own.
+    A snapshot at the leader's last index (an idle cluster; proposals are refused while
+    transferring) is acknowledged by an append whose index does not move the target's
+    match: that ack must still complete the transfer."""
+    c = Cluster(3, seed=10)
+    lead = c.wait_leader()
+    target = others(c, lead)[0]
+    c.crash(target)
+    for i in range(10):
+        c.propose(b"v%d" % i)
+    c.tick(2)
+    node = c.nodes[lead]
+    node.storage.create_snapshot(node.applied, encode_state(node.payloads))
+    assert node.storage.snapshot_meta().index == c.core(lead).last_index
+    c.restart(target)
+    c.core(lead).transfer_leader(target)
+    assert c.run_until(lambda: c.leader() == target, c.core(lead).config.election_ticks)
+    assert c.sent["InstallSnapshot"] >= 1 and c.sent["TimeoutNow"] == 1
     assert c.propose(b"after") is not None
     c.tick(3)
     c.check_final()

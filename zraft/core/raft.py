@@ -866,13 +866,16 @@ class Raft:
         if m.reject:
             self._on_append_reject(m, pr)
             return
-        if m.index > self.log.last_index():
+        if m.index > self.log.last_index() or m.index == 0:
+            # index 0 acks nothing (a leader's log starts with its no-op): it is a newer
+            # term's notice (_step_lower_term) that outlived the term it answered
             self.dropped += 1
             return
         was_probe = pr.state is ProgressState.PROBE
         if not pr.ack(m.index):
             if was_probe and m.index == pr.match:
-                pr.become_replicate()
+                pr.become_replicate()  # caught up by a snapshot: maybe a transfer's target
+                self._maybe_send_timeout_now(m.frm, pr)
             return
         if pr.state is ProgressState.SNAPSHOT:
             assert pr.snap_meta is not None
@@ -884,9 +887,13 @@ class Raft:
             pass
         if self._role is not Role.LEADER:
             return
-        if m.frm == self._transferee and pr.match == self.log.last_index():
-            self._send_timeout_now(m.frm)
+        self._maybe_send_timeout_now(m.frm, pr)
         self._send_append(m.frm, pr, allow_empty=False)
+
+    def _maybe_send_timeout_now(self, peer: NodeId, pr: Progress) -> None:
+        """A transfer's target that now holds our whole log may start its election."""
+        if peer == self._transferee and pr.match == self.log.last_index():
+            self._send_timeout_now(peer)
 
     def _on_append_reject(self, m: AppendResponse, pr: Progress) -> None:
         if m.index == 0:
