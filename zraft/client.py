@@ -152,6 +152,8 @@ class Client:
         """
         if not 0 < chunk <= codec.MAX_BATCH:
             raise ValueError(f"chunk must be in 1..{codec.MAX_BATCH}")
+        for _, args in commands:  # before any is sent: a node would drop the whole frame
+            codec.check_map_keys(tuple(args))
         out: list[Any] = []
         with self._lock:
             for lo in range(0, len(commands), chunk):
@@ -341,6 +343,7 @@ class Client:
         consistency: str = "linearizable",
         leader_only: bool = True,
     ) -> Any:
+        codec.check_map_keys(args)  # a node would drop the frame: say so now, not at timeout
         total = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + total
         maybe_applied = False

@@ -604,13 +604,42 @@ def _construct(cls: type, values: list[Any]) -> Decoded:
 # --------------------------------------------------------------------------- command payloads
 
 
+_FLAT = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def check_map_keys(args: tuple[Any, ...]) -> None:
+    """TypeError if a dict anywhere in ``args`` has a key that is not str or bytes.
+
+    Nodes decode strictly (int keys allow hash-collision floods), so such arguments
+    would be dropped with their whole frame, or committed and skipped by every node:
+    the caller learns it here, at once, instead of from a timeout.
+    """
+    for a in args:
+        if type(a) not in _FLAT:
+            break
+    else:
+        return  # the common case: no containers at all
+    stack: list[Any] = list(args)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            bad = next((k for k in v if type(k) is not str and type(k) is not bytes), None)
+            if bad is not None:
+                raise TypeError(f"map keys must be str or bytes, not {type(bad).__name__}")
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+
+
 def encode_command(client_id: bytes, seq: int, name: str, args: tuple[Any, ...]) -> bytes:
     """The bytes of a NORMAL entry: who asked (exactly-once session), what, with which args.
 
-    Raises ValueError (bad name/seq) or TypeError (args msgpack cannot carry).
+    Raises ValueError (bad name/seq) or TypeError (args msgpack cannot carry, or a map
+    key no node accepts).
     """
     if not name or len(name) > MAX_NAME_LEN or not 0 <= seq <= MAX_UINT:
         raise ValueError("a command has a name of 1..MAX_NAME_LEN chars and a seq in [0, 2**63)")
+    check_map_keys(args)
     out: bytes = msgpack.packb(
         [COMMAND_VERSION, client_id, seq, name, list(args)], use_bin_type=True
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,7 +44,10 @@ class KV(StateMachine):
 
     @query
     def get(self, key: Any) -> Any:
-        return self.data.get(key)
+        """The value, copied when it is a container: an embedding caller that changed the
+        stored object itself would change this replica's state and no other's."""
+        value = self.data.get(key)
+        return copy.deepcopy(value) if isinstance(value, list | dict) else value
 
     @query
     def keys(self) -> list[Any]:

@@ -578,6 +578,11 @@ class Node:
     def _check_running(self) -> None:
         if self._stopped.is_set() or self._thread is None:
             raise NodeStopped(f"node {self.config.node_id} is not running")
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                "a node's methods cannot be called from its own reactor thread (a command"
+                " or query handler): the call would wait for the turn it is running in"
+            )
 
     # ------------------------------------------------------------------ reactor: setup and loop
 
@@ -1123,7 +1128,7 @@ class Node:
                 continue
             try:
                 r.deliver(Outcome(True, handler(*r.args)))
-            except Exception as exc:  # the user's handler failed: their error, not ours
+            except BaseException as exc:  # the user's handler failed: their error, not ours
                 r.deliver(Outcome(False, error="app_error", message=f"{type(exc).__name__}: {exc}"))
 
     # ------------------------------------------------------------------ Ready handling
@@ -1349,7 +1354,9 @@ class Node:
         else:
             try:
                 out = Outcome(True, handler(*args))
-            except Exception as exc:  # the handler's error goes back to the caller
+            # BaseException too (a CancelledError, a SystemExit): the same on every node,
+            # and a committed entry that killed the reactor would kill it at each restart
+            except BaseException as exc:  # the handler's error goes back to the caller
                 out = Outcome(False, error="app_error", message=f"{type(exc).__name__}: {exc}")
         if client_id and seq:
             out = _wire_safe(out)  # a remote caller's result must survive msgpack and snapshots

@@ -119,6 +119,21 @@ def test_clients_choose_unguessable_routing_ids(fakes: list[FakeNode]) -> None:
     assert not first.startswith(b"\x00")  # not one the ROUTER assigned
 
 
+def test_int_map_keys_are_refused_before_sending(fakes: list[FakeNode]) -> None:
+    """A node drops such a frame whole (strict map keys): no answer would ever come."""
+    node = FakeNode(_ok)
+    fakes.append(node)
+    with zraft.Client([node.address], timeout=5) as c:
+        with pytest.raises(TypeError, match="map keys"):
+            c.apply("put", "k", {1: "x"})
+        with pytest.raises(TypeError, match="map keys"):
+            c.apply_many([("put", ("a", 1)), ("put", ("b", [{2: "y"}]))])
+        with pytest.raises(TypeError, match="map keys"):
+            c.query("get", {(1, 2): 3})
+        assert c.apply("put", "k", {"1": "x", b"2": [{"3": None}]}) == "done"
+    assert node.seen == 1
+
+
 def test_a_hint_to_another_node_is_followed_without_pausing(
     fakes: list[FakeNode], pauses: RecordedPauses
 ) -> None:

@@ -125,6 +125,10 @@ def test_single_node_commands_queries_errors_and_events(tmp_path: Path) -> None:
             node.apply("nope", timeout=10)
         assert node.query("read") == 6
         assert node.query("read", consistency="local") == 6
+        last = node.status()["last_index"]
+        with pytest.raises(TypeError, match="map keys must be str or bytes"):
+            node.apply("add", {"ok": {1: 2}}, timeout=10)  # every node would skip it
+        assert node.status()["last_index"] == last, "refused before it was proposed"
         st = node.status()
         assert st["role"] == "leader" and st["applied"] >= 4 and st["voters"] == ["solo"]
         assert node.take_snapshot(timeout=10) >= 4
@@ -310,6 +314,44 @@ class Slow(Counter):
 
         time.sleep(seconds)
         return seconds
+
+
+class Reentrant(Counter):
+    """Handlers that misuse the node: call it back, or raise a BaseException."""
+
+    node: zraft.Node
+
+    @zraft.query
+    def nested(self) -> Any:
+        return self.node.query("read", consistency="local", timeout=5)
+
+    @zraft.command
+    def cancel(self) -> None:
+        import asyncio
+
+        raise asyncio.CancelledError("a handler's BaseException")
+
+
+def test_handlers_calling_the_node_or_raising_base_exceptions_do_not_stop_it(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    sm = Reentrant()
+    with zraft.Node(_solo_config(tmp_path / "solo"), sm) as node:
+        sm.node = node
+        _wait_leader([node])
+        started = time.monotonic()
+        with pytest.raises(zraft.ApplicationError, match="own reactor thread"):
+            node.query("nested", timeout=10)
+        assert time.monotonic() - started < 2, "refused at once, not after the call's timeout"
+        with pytest.raises(zraft.ApplicationError, match="CancelledError"):
+            node.apply("cancel", timeout=10)
+        assert node.apply("add", 1, timeout=10) == 1
+        last = node.status()["last_index"]
+    with zraft.Node(_solo_config(tmp_path / "solo"), Reentrant()) as again:  # replays "cancel"
+        _wait_leader([again])
+        assert again.status()["applied"] >= last and again.query("read") == 1
 
 
 def test_a_slow_turn_is_logged_with_where_the_time_went(tmp_path: Path) -> None:

@@ -83,3 +83,13 @@ def test_big_values_are_packed_a_few_per_call() -> None:
         stream = b"".join(_pack_pairs(items))
     assert stream == _pair_by_pair(items)
     assert max(sizes) == 1, sizes  # 1 MiB values: one pair per call
+
+
+def test_get_hands_out_a_copy_of_a_container_value() -> None:
+    kv = KV()
+    kv.put("k", [1, {"a": [2]}])
+    got = kv.get("k")
+    got.append("oops")
+    got[1]["a"].append(3)
+    assert kv.get("k") == [1, {"a": [2]}]
+    assert kv.cas("k", [1, {"a": [2]}], "new") is True  # as on every other replica
