@@ -102,7 +102,9 @@ def test_bench_smoke_json_shape(tmp_path: Path) -> None:
         else:
             assert 5 < row["rss_early_mb"] <= row["rss_max_mb"], row  # every node's RSS, sampled
             assert row["cpu_us_op"] > 0, row  # the nodes' CPU time over the measured window
-            assert row["load_cpu_us_op"] > 0, row  # the load generators', on the same cores
+            # the load generators', on the same cores: /proc counts 10 ms ticks, and one
+            # client process with 4 in flight for 1 s on a busy host was once seen at 0
+            assert row["load_cpu_us_op"] >= 0, row
             if row["kind"] == "zraft":  # the nodes' own histograms, read before and after
                 assert row["fsync_p99_ms"] > 0 and row["leader_turn_p99_ms"] > 0, row
                 # the longest turn and fsync of any node: where a short stall shows
