@@ -77,6 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config:
         config = Config.from_toml(args.config, **overrides)
     else:
+        for flag, value in (("--id", args.id), ("--data-dir", args.data_dir)):
+            if not value:
+                raise ConfigError(f"{flag} is required (or give it in a --config file)")
         if "bind" not in overrides:
             raise ConfigError("--bind is required when --cluster does not name this node")
         config = Config(**{k: v for k, v in overrides.items() if v is not None}).validate()
@@ -331,10 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run one node in the foreground")
-    run.add_argument("--id", required=True, help="this node's id, e.g. n1")
+    run.add_argument("--id", help="this node's id, e.g. n1 (or node_id in --config)")
     run.add_argument("--cluster", help="bootstrap membership: n1=tcp://127.0.0.1:7001,n2=...")
-    run.add_argument("--bind", help="address to bind (default: this node's --cluster address)")
-    run.add_argument("--data-dir", required=True)
+    run.add_argument(
+        "--bind", help="address to bind (default: this node's address in --cluster or [peers])"
+    )
+    run.add_argument("--data-dir", help="where the node keeps its state (or data_dir in --config)")
     run.add_argument("--join", help="endpoint of a running cluster to join (empty data dir)")
     run.add_argument("--app", help="state machine: module:Class or path/file.py:Class (default KV)")
     run.add_argument("--config", help="zraft.toml with any Config option")

@@ -172,6 +172,12 @@ class Config:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown option(s) in {path}: {', '.join(unknown)}")
+        peers = raw.get("peers")
+        if "bind" not in raw and isinstance(peers, dict) and raw.get("node_id") in peers:
+            raw["bind"] = peers[raw["node_id"]]  # as --cluster does: listen where peers dial
+        for name, flag in (("node_id", "--id"), ("bind", "--bind"), ("data_dir", "--data-dir")):
+            if name not in raw:
+                raise ConfigError(f"config {path}: no {name} (give it there or as {flag})")
         try:
             return cls(**raw).validate()
         except TypeError as exc:

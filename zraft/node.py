@@ -52,6 +52,7 @@ from zraft.errors import (
     BusyError,
     ChangeInProgress,
     CommandFailed,
+    ConfigError,
     NodeStopped,
     NoSuchCommand,
     NotLeaderError,
@@ -630,6 +631,13 @@ class Node:
             curve=curve,
             max_msg_bytes=cfg.max_frame_bytes,
         )
+        if self.storage.is_empty() and not cfg.peers and not cfg.join:
+            # it would drop every message (no member may speak to it) and wait forever
+            raise ConfigError(
+                f"{cfg.data_dir} holds no state and there are neither peers to bootstrap"
+                " nor a cluster to join: give --cluster (a new cluster) or --join ENDPOINT"
+                " (a running one, also for a node added with `zraft members add`)"
+            )
         self.storage.claim(cfg.node_id, cfg.cluster_id)
         if self.storage.is_empty():
             if cfg.join:  # before anything lands in the log: see Raft.await_join
@@ -637,8 +645,6 @@ class Node:
             if cfg.peers:
                 self.storage.bootstrap(Membership(voters=dict(cfg.peers)))
                 self.log.info("cluster_bootstrapped", voters=sorted(cfg.peers))
-            elif not cfg.join:
-                self.log.warning("node_has_no_membership", hint="give peers to bootstrap or join")
         elif cfg.peers:
             self.log.info("bootstrap_ignored", reason="data dir already holds state")
         self._restore_from_snapshot()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from zraft.config import Config
+from zraft.errors import ConfigError
 from zraft.launcher import LocalCluster, free_ports
 
 pytestmark = pytest.mark.process
@@ -63,6 +65,39 @@ def test_usage_and_config_errors_say_what_to_do(tmp_path: Path) -> None:
     shared = "n1=tcp://127.0.0.1:7,n2=tcp://127.0.0.1:7"
     res = zraft("run", "--id", "n1", "--cluster", shared, "--data-dir", str(tmp_path / "s"))
     assert res.returncode == 2 and "n1 and n2 share the address" in res.stderr
+
+
+def test_an_empty_node_with_nothing_to_bootstrap_or_join_is_refused(tmp_path: Path) -> None:
+    """It would drop every message (no member may speak to it) and wait forever: a node
+    added with `zraft members add` is started with --join."""
+    port = free_ports(1)[0]
+    res = zraft("run", "--id", "n4", "--bind", f"tcp://127.0.0.1:{port}",
+                "--data-dir", str(tmp_path / "d"))  # fmt: skip
+    assert res.returncode == 2 and "--join" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_config_file_can_name_the_node_its_data_dir_and_its_address(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    toml = tmp_path / "zraft.toml"
+    toml.write_text(
+        f'node_id = "n1"\ndata_dir = "{tmp_path / "d"}"\n'
+        f'[peers]\nn1 = "tcp://127.0.0.1:{port}"\nn2 = "tcp://127.0.0.1:1"\n'
+    )
+    cfg = Config.from_toml(toml)
+    assert (cfg.node_id, cfg.bind, cfg.data_dir) == (
+        "n1",
+        f"tcp://127.0.0.1:{port}",
+        str(tmp_path / "d"),
+    )
+    assert Config.from_toml(toml, node_id="n2").bind == "tcp://127.0.0.1:1"
+    toml.write_text('node_id = "n1"\n')
+    with pytest.raises(ConfigError, match="no bind"):
+        Config.from_toml(toml)
+    res = zraft("run", "--config", str(toml), "--bind", f"tcp://127.0.0.1:{port}")
+    assert res.returncode == 2 and "no data_dir" in res.stderr, res.stderr
+    res = zraft("run", "--data-dir", str(tmp_path / "x"), "--bind", f"tcp://127.0.0.1:{port}")
+    assert res.returncode == 2 and "--id is required" in res.stderr, res.stderr
 
 
 def test_another_nodes_or_a_busy_data_dir_is_refused(tmp_path: Path) -> None:
