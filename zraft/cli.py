@@ -261,7 +261,7 @@ def cmd_members(args: argparse.Namespace) -> int:
 def cmd_transfer(args: argparse.Namespace) -> int:
     with _client(args) as client:
         target = client.transfer_leadership(args.to)
-        print(f"leadership transfer to {target} started")
+        print(f"leadership handed to {target}")
     return EXIT_OK
 
 

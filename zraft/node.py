@@ -327,6 +327,10 @@ class Node:
         self._dropped_non_member = 0
         self._snap_sending: dict[tuple[str, int], float] = {}  #: (peer, index) -> started
         self._hb_sent: dict[str, float] = {}
+        self._hb_answered: dict[str, float] = {}  #: peer -> when its last heartbeat reply came
+        #: callers of transfer_leadership: (target, deliver), answered when it is done
+        self._transfers: list[tuple[str, Deliver]] = []
+        self._lost_logged = 0  #: the core's lost_reports when last looked at
         self._last_leader_contact = time.monotonic()
         self._storage_error = ""
         self._log_syncing = False  #: a leader's log flush runs on the storage's helper thread
@@ -471,7 +475,12 @@ class Node:
         self._call_outcome(lambda d: self._do_remove_member(node_id, d), timeout)
 
     def transfer_leadership(self, to: str | None = None, timeout: float | None = None) -> str:
-        """Hand leadership to ``to`` (default: the most caught-up voter); returns the target."""
+        """Hand leadership to ``to`` (default: the most caught-up voter that answers
+        heartbeats); returns the target once this node has stepped down for it.
+
+        Raises CommandFailed when the target did not take over within an election
+        timeout (this node still leads) or no voter is there to take it.
+        """
         result: str = self._call_outcome(lambda d: self._do_transfer(to, d), timeout)
         return result
 
@@ -845,6 +854,9 @@ class Node:
         self._closing = True
         self._run_queued_calls()
         stopped = Outcome(False, error="stopped", message="node stopped")
+        for _, deliver in self._transfers:
+            deliver(stopped)
+        self._transfers.clear()
         for p in self._pending.values():
             p.deliver(
                 Outcome(
@@ -901,6 +913,7 @@ class Node:
                 continue
             if isinstance(msg, HeartbeatResponse):
                 sent = self._hb_sent.pop(msg.frm, None)
+                self._hb_answered[msg.frm] = time.monotonic()
                 if sent is not None:
                     self.events.emit("heartbeat", msg.frm, (time.monotonic() - sent) * 1000)
             elif isinstance(msg, Heartbeat):
@@ -1271,6 +1284,7 @@ class Node:
             self.events.emit("state_change", role.value, prev_role.value)
             if prev_role == Role.LEADER:
                 self._fail_reads_on_step_down()
+                self._answer_transfers()
         if leader != prev_leader:
             self.log.info("leader_change", leader=leader, prev_leader=prev_leader)
             self.events.emit("leader_change", leader, prev_leader)
@@ -1745,29 +1759,64 @@ class Node:
             return
 
     def _do_transfer(self, to: str | None, deliver: Deliver) -> None:
+        """Start handing leadership over; ``deliver`` hears once it left this node (the
+        target's id) or when the transfer gave up after an election timeout."""
         if self.core.role != Role.LEADER:
             deliver(self._not_leader())
             return
-        status = self.core.status()
         if to is None:
-            candidates = [
-                (p.match, nid)
-                for nid, p in status.progress.items()
-                if nid != self.config.node_id and nid in self.core.membership.voters
-            ]
-            if not candidates:
-                deliver(
-                    Outcome(False, error="bad_request", message="no other voter to transfer to")
-                )
+            to = self._transfer_target()
+            if to is None:
+                message = "no other voter has answered a heartbeat within an election timeout"
+                deliver(Outcome(False, error="bad_request", message=message))
                 return
-            to = max(candidates)[1]
+        if to == self.config.node_id:
+            deliver(Outcome(True, to))  # it leads already
+            return
         try:
             self.core.transfer_leader(to)
         except (ValueError, core_raft.NotLeader) as exc:
             deliver(Outcome(False, error="bad_request", message=str(exc)))
             return
         self.log.info("leader_transfer", target=to)
-        deliver(Outcome(True, to))
+        self._transfers.append((to, deliver))
+        if self.core.role != Role.LEADER:  # TimeoutNow went out and was answered already
+            self._answer_transfers()
+
+    def _transfer_target(self) -> str | None:
+        """The most caught-up voter among those that answered heartbeats lately: the most
+        caught-up of all may be one that just died, its match frozen at the others'."""
+        now, status = time.monotonic(), self.core.status()
+        recent_s = self.config.tick_ms * self.config.election_ticks / 1000
+        live = [
+            (p.match, nid)
+            for nid, p in status.progress.items()
+            if nid != self.config.node_id
+            and nid in self.core.membership.voters
+            and now - self._hb_answered.get(nid, -1e9) <= recent_s
+        ]
+        return max(live)[1] if live else None
+
+    def _answer_transfers(self) -> None:
+        """Answer transfer callers: done once this node no longer leads; failed if it
+        still does but the core gave the transfer up (its target did not catch up or
+        answer within an election timeout)."""
+        if not self._transfers:
+            return
+        leading = self.core.role == Role.LEADER
+        waiting = []
+        for to, deliver in self._transfers:
+            if not leading:
+                deliver(Outcome(True, to))
+            elif self.core.transferee != to:
+                message = (
+                    f"leadership transfer to {to} gave up after an election timeout (is it"
+                    f" up and reachable?); {self.config.node_id} still leads"
+                )
+                deliver(Outcome(False, error="bad_request", message=message))
+            else:
+                waiting.append((to, deliver))
+        self._transfers = waiting
 
     def _start_join_thread(self, endpoint: str) -> None:
         """Ask a running cluster to add this node (as a learner that gets promoted)."""
@@ -1840,6 +1889,21 @@ class Node:
         self._last_status = self._status()  # what status() answers while we cannot
         self._expire(now)
         self._maybe_promote(now)
+        self._answer_transfers()
+        self._report_lost_state()
+
+    def _report_lost_state(self) -> None:
+        """Say loudly what the core only counts: a follower's log went back below what it
+        had acknowledged (logged when it first happens, then at powers of two)."""
+        lost = self.core.lost_reports
+        if lost != self._lost_logged and lost & (lost - 1) == 0:
+            self.log.error(
+                "follower_lost_entries",
+                count=lost,
+                hint="a follower's log ends below what it acknowledged: its data dir was"
+                " lost or rolled back; the leader sends the entries again",
+            )
+        self._lost_logged = lost
 
     def _expire(self, now: float) -> None:
         expired = [i for i, p in self._pending.items() if p.deadline < now]

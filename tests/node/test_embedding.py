@@ -210,6 +210,32 @@ def test_three_embedded_nodes_and_not_leader_hint(trio: list[zraft.Node]) -> Non
     assert leader.query("read") == 87
 
 
+def test_transfer_answers_once_done_and_never_picks_a_dead_voter(
+    trio: list[zraft.Node],
+) -> None:
+    """Thesis §3.10 as the caller sees it: transfer_leadership returns once the leader has
+    stepped down for its target; a target that cannot take over is an error, not a
+    "started" that silently comes to nothing."""
+    import time
+
+    leader = _wait_leader(trio)
+    leader.apply("add", 1, timeout=10)
+    dead = max(n.config.node_id for n in trio if n is not leader)  # the old tie-break chose it
+    next(n for n in trio if n.config.node_id == dead).stop()
+    time.sleep(0.6)  # a process-level test: let more than an election timeout pass
+    with pytest.raises(zraft.CommandFailed, match=f"transfer to {dead} gave up"):
+        leader.transfer_leadership(dead, timeout=10)
+    assert leader.status()["role"] == "leader", "it still leads, and said so"
+    target = leader.transfer_leadership(timeout=10)
+    assert target != dead and leader.status()["role"] != "leader", "handed over on return"
+    new = next(n for n in trio if n.config.node_id == target)
+    deadline = time.monotonic() + 10
+    while new.status()["role"] != "leader":
+        assert time.monotonic() < deadline, "the target did not take over"
+        time.sleep(0.02)
+    assert new.transfer_leadership(target, timeout=10) == target  # it leads already
+
+
 def test_asyncio_apply_and_query(trio: list[zraft.Node]) -> None:
     leader = _wait_leader(trio)
 

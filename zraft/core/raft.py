@@ -310,6 +310,11 @@ class Raft:
         return self._joining
 
     @property
+    def transferee(self) -> NodeId:
+        """The voter a leadership transfer in progress hands over to (NONE: none)."""
+        return self._transferee
+
+    @property
     def config_index(self) -> int:
         """Index of the newest membership entry in the log (0: the bootstrap one)."""
         return self._configs[-1][0]
