@@ -1662,8 +1662,12 @@ class Node:
         m = self.core.membership
         if node_id in m.voters or (node_id in m.learners and (not voter or node_id in m.promote)):
             # already there: idempotent for retries and --join; the answer is an index at
-            # or after the entry that added it (what a joining node waits to apply)
-            self._answer_when_config_applied(deliver)
+            # or after the entry that added it, and at or after everything applied now:
+            # what a joining node waits to apply before it votes. A member whose data dir
+            # was wiped and that joins without being removed first may have acknowledged
+            # entries, or voted, in its lost life; the bootstrap members' own entry is no
+            # entry at all (index 0), and waiting for it let such a node vote at once.
+            self._answer_when_config_applied(deliver, at_least=self._applied)
             return
         holder = next((k for k in m.ids() if k != node_id and m.address(k) == address), None)
         if holder is not None:  # two ids at one address: each would get the other's traffic
@@ -1699,15 +1703,18 @@ class Node:
         self._promote.pop(node_id, None)
         self._propose_membership(m.with_changes(voters=voters, learners=learners), deliver)
 
-    def _answer_when_config_applied(self, deliver: Deliver, result_index: bool = True) -> None:
+    def _answer_when_config_applied(
+        self, deliver: Deliver, result_index: bool = True, at_least: int = 0
+    ) -> None:
         """A change already made answers once the configuration that made it is applied.
 
         The leader's configuration may still be uncommitted (a retry of the very call
         that proposed it, say): an answer now would promise a change a new leader may
         never see. So the caller waits with whoever proposed that entry, if anyone.
+        The answer is that entry's index (``at_least``, if higher).
         """
         index = self.core.config_index
-        result = index if result_index else None
+        result = max(index, at_least) if result_index else None
         if index <= self._applied:
             deliver(Outcome(True, result))
             return

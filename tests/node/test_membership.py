@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zraft.errors import ZraftError
+from zraft.errors import CommandFailed, ZraftError
 from zraft.launcher import LocalCluster
 
 pytestmark = pytest.mark.process
@@ -202,12 +203,42 @@ def _rejoin(cluster: LocalCluster, node_id: str) -> None:
 
 
 def _make_leader(cluster: LocalCluster, node_id: str, timeout: float = 30) -> None:
-    """Transfer leadership to ``node_id`` (a transfer returns once started; it can lapse)."""
+    """Transfer leadership to ``node_id`` (a transfer can lapse: then it is tried again)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cluster.wait_for_leader(timeout=30) == node_id:
             return
-        with cluster.client(timeout=30) as c:
+        with cluster.client(timeout=30) as c, contextlib.suppress(CommandFailed):
             c.transfer_leadership(node_id)
         time.sleep(0.2)  # process-level: give the election a moment before looking again
     raise AssertionError(f"{node_id} never became leader")
+
+
+def test_a_wiped_member_joining_without_removal_waits_for_the_log_before_voting(
+    tmp_path: Path,
+) -> None:
+    """A bootstrap member wiped and started with --join (not removed first) is "already a
+    member": the answer once named the bootstrap membership, index 0, and the node voted
+    at once with an empty log. It must wait until it holds what the leader had applied."""
+    import json
+
+    with LocalCluster(3, base_dir=tmp_path / "c") as cluster:
+        leader = cluster.wait_for_leader(timeout=30)
+        victim = next(n for n in sorted(cluster.nodes) if n != leader)
+        with cluster.client(timeout=30) as c:
+            for i in range(50):
+                c.apply("put", f"k{i}", i)
+        cluster.stop(victim)
+        cluster.wipe(victim)
+        others = [n.address for nid, n in cluster.nodes.items() if nid != victim]
+        cluster.start(victim, join=",".join(others))
+        log_file = cluster.nodes[victim].log_file
+        deadline = time.monotonic() + 60
+        caught_up: list[dict[str, object]] = []
+        while not caught_up:
+            assert time.monotonic() < deadline, "the rejoined node never caught up"
+            time.sleep(0.1)  # process-level: polling another process's log file
+            lines = log_file.read_text().splitlines() if log_file.exists() else []
+            caught_up = [r for r in map(json.loads, lines) if r["event"] == "join_caught_up"]
+        applied = caught_up[-1]["applied"]
+        assert isinstance(applied, int) and applied >= 50, caught_up
