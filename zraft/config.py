@@ -17,8 +17,18 @@ from typing import Any
 
 from zraft.errors import ConfigError
 from zraft.sessions import MAX_SESSION_WINDOW, MAX_SESSIONS
+from zraft.storage.storage import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
 
 MIN_FRAME_BYTES = 1 << 16  #: below this even a modest command would not fit a frame
+#: limits on the rest: beyond them a timer overflows or storage refuses at open
+UPPER_BOUNDS = {
+    "tick_ms": 60_000,
+    "election_ticks": 10_000,
+    "keep_snapshots": 1000,
+    "max_inflight_msgs": 4096,
+    "request_timeout_ms": 86_400_000,
+    "slow_turn_ms": 86_400_000,
+}
 ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"  # 1-65535
 #: an address: at most 1024 characters (the codec's limit for a member's address)
@@ -144,6 +154,22 @@ class Config:
             raise ConfigError("max_turn_ms must be > 0 (or unset: 2/5 of the election timeout)")
         if self.max_frame_bytes < MIN_FRAME_BYTES:
             raise ConfigError(f"max_frame_bytes must be >= {MIN_FRAME_BYTES}")
+        for name in ("max_msg_bytes", "snapshot_chunk_bytes"):  # the message around them
+            if int(getattr(self, name)) > self.max_frame_bytes // 2:
+                raise ConfigError(
+                    f"{name} must be <= max_frame_bytes / 2 ({self.max_frame_bytes // 2}):"
+                    " every larger message would be dropped and the follower never catch up"
+                )
+        for name, top in UPPER_BOUNDS.items():
+            if int(getattr(self, name)) > top:
+                raise ConfigError(f"{name} must be <= {top}")
+        if not MIN_SEGMENT_BYTES <= self.segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ConfigError(f"segment_bytes must be in {MIN_SEGMENT_BYTES}..{MAX_SEGMENT_BYTES}")
+        holder = next(
+            (p for p, a in self.peers.items() if a == self.address and p != self.node_id), None
+        )
+        if holder is not None:
+            raise ConfigError(f"this node's address {self.address} is peer {holder}'s")
         if self.snapshot_entries < 0 or self.snapshot_trailing < 0:
             raise ConfigError("snapshot_entries and snapshot_trailing must be >= 0")
         return self

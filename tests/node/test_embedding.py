@@ -853,7 +853,8 @@ def test_a_command_too_big_for_a_frame_is_refused_and_writes_go_on(tmp_path: Pat
     every later entry would wait behind it forever: it is refused up front."""
     import time
 
-    for nodes in _trio(tmp_path, max_frame_bytes=1 << 16):
+    small = {"max_msg_bytes": 1 << 14, "snapshot_chunk_bytes": 1 << 14}
+    for nodes in _trio(tmp_path, max_frame_bytes=1 << 16, **small):
         leader = _wait_leader(nodes)
         with pytest.raises(zraft.CommandFailed, match="max_frame_bytes=65536"):
             leader.apply("add", b"x" * (1 << 16), timeout=10)
@@ -880,6 +881,37 @@ def test_a_command_too_big_for_a_log_record_is_refused_and_the_node_goes_on(
 def test_a_frame_limit_too_small_for_any_command_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(zraft.ConfigError, match="max_frame_bytes must be >= 65536"):
         _solo_config(tmp_path, max_frame_bytes=4096).validate()
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"max_frame_bytes": 1 << 16}, "max_msg_bytes must be <= max_frame_bytes / 2"),
+        (
+            {"max_frame_bytes": 1 << 16, "max_msg_bytes": 1 << 14},
+            "snapshot_chunk_bytes must be <= max_frame_bytes / 2",
+        ),
+        ({"tick_ms": 100_000_000_000}, "tick_ms must be <= 60000"),
+        ({"segment_bytes": 10}, "segment_bytes must be in"),
+        ({"keep_snapshots": 5000}, "keep_snapshots must be <= 1000"),
+    ],
+)
+def test_options_that_would_fail_later_are_config_errors(
+    tmp_path: Path, options: dict[str, Any], says: str
+) -> None:
+    """Each once passed validation, then stalled a follower for good (a message bigger
+    than a frame is dropped on every send), crashed the reactor, or failed at open."""
+    with pytest.raises(zraft.ConfigError, match=says.replace("(", r"\(")):
+        _solo_config(tmp_path, **options).validate()
+
+
+def test_an_address_of_another_peer_is_a_config_error(tmp_path: Path) -> None:
+    peers = {"n1": "tcp://127.0.0.1:7001", "n2": "tcp://127.0.0.1:7002"}
+    cfg = zraft.Config(
+        node_id="n1", bind=peers["n1"], advertise=peers["n2"], peers=peers, data_dir="d"
+    )
+    with pytest.raises(zraft.ConfigError, match="is peer n2's"):
+        cfg.validate()
 
 
 def test_a_retried_membership_change_is_not_acknowledged_before_it_commits(
