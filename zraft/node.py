@@ -327,6 +327,7 @@ class Node:
         self._dropped_non_member = 0
         self._snap_sending: dict[tuple[str, int], float] = {}  #: (peer, index) -> started
         self._hb_sent: dict[str, float] = {}
+        self._leader_known = threading.Event()  #: set while a leader is known (see _soft)
         self._hb_answered: dict[str, float] = {}  #: peer -> when its last heartbeat reply came
         #: callers of transfer_leadership: (target, deliver), answered when it is done
         self._transfers: list[tuple[str, Deliver]] = []
@@ -440,6 +441,21 @@ class Node:
             inbox = self._tls.inbox = _LoopInbox(loop)
         timer = loop.call_later(self._wait_s(timeout), _give_up_waiting, fut, late)
         return fut, inbox.deliverer(fut), timer
+
+    def wait_for_leader(self, timeout: float = 10.0) -> str:
+        """The leader's id once this node knows one (ReadTimeout if none within
+        ``timeout``): a node that has just started knows none until an election ends, and
+        ``apply`` on it meanwhile raises NotLeaderError at once."""
+        self._check_running()
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = self._soft[1]
+            if leader:
+                return leader
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReadTimeout(f"no leader known to {self.config.node_id} after {timeout}s")
+            self._leader_known.wait(min(left, 0.05))  # bounded: a set/clear race costs 50 ms
 
     def on(self, event: str, callback: Callable[[Event], None]) -> None:
         """Call ``callback(Event)`` on each ``event`` ("*" for all), on the event thread."""
@@ -1286,6 +1302,10 @@ class Node:
                 self._fail_reads_on_step_down()
                 self._answer_transfers()
         if leader != prev_leader:
+            if leader:
+                self._leader_known.set()
+            else:
+                self._leader_known.clear()
             self.log.info("leader_change", leader=leader, prev_leader=prev_leader)
             self.events.emit("leader_change", leader, prev_leader)
             self._last_leader_contact = time.monotonic()

@@ -92,3 +92,25 @@ def test_kv_cluster_and_client(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "stopped" in out
+
+
+def test_the_readmes_embedding_snippet_runs_as_written(tmp_path: Path) -> None:
+    """A newcomer pastes it first: it must run (once it applied before any election had
+    ended and raised NotLeaderError). Only the port is changed, to a free one."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    found = re.search(r"## Embedding\n\n```python\n(.*?)```", text, re.S)
+    assert found, "the README's Embedding section starts with a python block"
+    code = found.group(1).replace("127.0.0.1:7001", f"127.0.0.1:{free_ports(1)[0]}")
+    code += '\nassert node.status()["role"] == "stopped"\nprint("snippet ok")\n'
+    (tmp_path / "snippet.py").write_text(code)
+    res = subprocess.run(
+        [sys.executable, "snippet.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 0 and "snippet ok" in res.stdout, res.stderr[-2000:]
