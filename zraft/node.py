@@ -613,6 +613,9 @@ class Node:
     # ------------------------------------------------------------------ reactor: setup and loop
 
     def _thread_main(self) -> None:
+        # every line logged on this thread names the node, the storage's too (its logger
+        # is the module's): `zraft tail --node` would hide them otherwise
+        structlog.contextvars.bind_contextvars(node=self.config.node_id)
         try:
             self._open()
         except BaseException as exc:  # reported to start()/run()
@@ -1571,6 +1574,7 @@ class Node:
             yield from chunks
 
         def write() -> None:
+            structlog.contextvars.bind_contextvars(node=self.config.node_id)
             try:
                 meta = self.storage.write_snapshot(index, term, membership, stream())
                 self._post(lambda: self._snapshot_written(meta, started, None))

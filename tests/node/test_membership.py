@@ -242,3 +242,6 @@ def test_a_wiped_member_joining_without_removal_waits_for_the_log_before_voting(
             caught_up = [r for r in map(json.loads, lines) if r["event"] == "join_caught_up"]
         applied = caught_up[-1]["applied"]
         assert isinstance(applied, int) and applied >= 50, caught_up
+        records = [json.loads(line) for line in log_file.read_text().splitlines()]
+        storage = [r for r in records if r["event"].startswith("storage_")]
+        assert storage and all(r.get("node") == victim for r in records), "tail --node sees all"
