@@ -213,7 +213,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(format_table(rows, STATUS_COLUMNS), flush=True)
             if not args.watch:
                 break
-            time.sleep(args.interval)
+            try:
+                time.sleep(args.interval)
+            except KeyboardInterrupt:  # how one ends --watch: not a failure
+                break
     return EXIT_OK if any(r.get("role") != "unreachable" for r in rows) else EXIT_UNREACHABLE
 
 

@@ -24,6 +24,7 @@ from zraft import codec
 from zraft.errors import (
     ApplicationError,
     BusyError,
+    CommandFailed,
     NotLeaderError,
     ReadTimeout,
     UnknownOutcome,
@@ -82,6 +83,7 @@ class Client:
         curve_keys: str | None = None,
         client_name: str = "client",
         client_id: bytes | None = None,
+        max_frame_bytes: int = 64 << 20,
     ) -> None:
         self._node_ids: dict[str, str] = {}  # address -> node id (needed to pick CURVE keys)
         self.endpoints = self._parse_endpoints(endpoints)
@@ -90,7 +92,12 @@ class Client:
         self.cluster_id = cluster_id
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
+        if client_id is not None and (not isinstance(client_id, bytes) or not client_id):
+            raise TypeError("client_id must be non-empty bytes")
         self.client_id = client_id or os.urandom(16)
+        #: the nodes' max_frame_bytes: a larger request frame is refused here, as a node's
+        #: ZeroMQ would drop it unanswered (and the caller wait out its timeout)
+        self.max_frame_bytes = max_frame_bytes
         self._curve_dir = Path(curve_keys) if curve_keys else None
         self._keypair: tuple[bytes, bytes] | None = None
         if self._curve_dir is not None:
@@ -279,6 +286,11 @@ class Client:
     def _send(self, endpoint: str, data: bytes, connect_deadline: float) -> zmq.Socket[bytes]:
         """Send one frame once connected; :class:`_NotConnected` if not by ``connect_deadline``
         (the socket is kept: it goes on connecting for the next attempt)."""
+        if len(data) > self.max_frame_bytes:
+            raise CommandFailed(
+                f"request of {len(data)} bytes exceeds max_frame_bytes={self.max_frame_bytes}:"
+                " no node would take it"
+            )
         sock = self._socket(endpoint)
         while True:  # IMMEDIATE: a send only succeeds once connected
             try:
@@ -379,7 +391,7 @@ class Client:
                 return reply.result
             err = error_from_code(reply.error, reply.message, reply.leader, reply.leader_address)
             if reply.error == "app_error":
-                raise ApplicationError(reply.message)
+                raise ApplicationError.from_message(reply.message)
             if reply.error not in _RETRY_ON:
                 raise err
             if reply.error in ("unknown_outcome", "stopped"):
@@ -427,7 +439,7 @@ class Client:
                 if reply.ok:
                     results[i] = reply.result
                 elif reply.error == "app_error":
-                    results[i] = ApplicationError(reply.message)
+                    results[i] = ApplicationError.from_message(reply.message)
                 elif reply.error not in _RETRY_ON:  # this one definitely failed; the rest
                     results[i] = error_from_code(  # of the batch may well have applied
                         reply.error, reply.message, reply.leader, reply.leader_address

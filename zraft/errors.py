@@ -57,6 +57,12 @@ class ApplicationError(ZraftError):
         super().__init__(message)
         self.exc_type = exc_type
 
+    @classmethod
+    def from_message(cls, message: str) -> ApplicationError:
+        """From a node's ``"ValueError: text"``: ``exc_type`` is the handler's exception."""
+        head, sep, _ = message.partition(": ")
+        return cls(message, head if sep and head.isidentifier() else "")
+
 
 class NoSuchCommand(ZraftError):
     """No command or query handler is registered under that name."""

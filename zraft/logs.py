@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -17,6 +18,8 @@ def configure(
     log_format: str = "console", log_file: str | None = None, level: str = "info"
 ) -> TextIO:
     """Configure structlog for a node process; returns the stream written to."""
+    if log_file:  # `--log-file logs/n1.jsonl` on a fresh machine: make logs/
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     stream: TextIO = open(log_file, "a", buffering=1) if log_file else sys.stderr  # noqa: SIM115
     renderer: Any
     if log_format == "json":

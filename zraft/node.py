@@ -147,7 +147,7 @@ class Outcome:
         if self.ok:
             return self.result
         if self.error == "app_error":
-            raise ApplicationError(self.message)
+            raise ApplicationError.from_message(self.message)
         raise error_from_code(self.error, self.message, self.leader, self.address)
 
 
@@ -1548,7 +1548,7 @@ class Node:
         if not self.sm.supports_snapshots():
             if deliver is not None:
                 message = "the state machine does not implement snapshot()"
-                deliver(Outcome(False, error="busy", message=message))
+                deliver(Outcome(False, error="bad_request", message=message))  # retry won't help
             return
         if self._snapshot_thread is not None:  # a caller waits for it, and maybe one more
             if deliver is not None:
@@ -1684,6 +1684,14 @@ class Node:
             deliver(self._not_leader())
             return
         m = self.core.membership
+        known_at = m.address(node_id)
+        if known_at and known_at != address:  # "already a member" would hide the move
+            message = (
+                f"{node_id} is a member at {known_at}; to move it, remove it, then add it"
+                f" at {address}"
+            )
+            deliver(Outcome(False, error="bad_request", message=message))
+            return
         if node_id in m.voters or (node_id in m.learners and (not voter or node_id in m.promote)):
             # already there: idempotent for retries and --join; the answer is an index at
             # or after the entry that added it, and at or after everything applied now:

@@ -134,6 +134,18 @@ def test_int_map_keys_are_refused_before_sending(fakes: list[FakeNode]) -> None:
     assert node.seen == 1
 
 
+def test_caller_mistakes_fail_at_once(fakes: list[FakeNode]) -> None:
+    node = FakeNode(_ok)
+    fakes.append(node)
+    with pytest.raises(TypeError, match="client_id"):
+        zraft.Client([node.address], client_id="text")  # type: ignore[arg-type]
+    with zraft.Client([node.address], timeout=5, max_frame_bytes=1 << 16) as c:
+        with pytest.raises(zraft.CommandFailed, match="max_frame_bytes"):
+            c.apply("put", "k", b"x" * (1 << 16))  # a node's ZeroMQ would drop it unanswered
+        assert c.apply("put", "k", b"x" * 100) == "done"
+    assert node.seen == 1
+
+
 def test_a_hint_to_another_node_is_followed_without_pausing(
     fakes: list[FakeNode], pauses: RecordedPauses
 ) -> None:

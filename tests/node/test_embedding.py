@@ -151,6 +151,16 @@ def test_runtime_registered_handlers(tmp_path: Path) -> None:
         assert node.apply("append", "a", timeout=10) == 1
         assert node.apply("append", "b", timeout=10) == 2
         assert node.query("items") == ["a", "b"]
+        # no snapshot(): asking for one is a definite failure, not "busy, retry later"
+        with pytest.raises(zraft.CommandFailed, match="does not implement snapshot"):
+            node.take_snapshot(timeout=10)
+        # a handler's exception type travels with its ApplicationError
+        with pytest.raises(zraft.ApplicationError) as failed:
+            node.apply("append", "a", "too many", timeout=10)
+        assert failed.value.exc_type == "TypeError"
+        # moving a member is remove + add: "already a member" would hide the new address
+        with pytest.raises(zraft.CommandFailed, match="to move it, remove it"):
+            node.add_member("solo", "tcp://127.0.0.1:1", timeout=10)
 
 
 def test_restart_restores_state(tmp_path: Path) -> None:

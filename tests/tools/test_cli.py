@@ -71,10 +71,13 @@ def test_an_empty_node_with_nothing_to_bootstrap_or_join_is_refused(tmp_path: Pa
     """It would drop every message (no member may speak to it) and wait forever: a node
     added with `zraft members add` is started with --join."""
     port = free_ports(1)[0]
+    log_file = tmp_path / "logs" / "n4.jsonl"  # logs/ does not exist yet: it is made
     res = zraft("run", "--id", "n4", "--bind", f"tcp://127.0.0.1:{port}",
-                "--data-dir", str(tmp_path / "d"))  # fmt: skip
+                "--data-dir", str(tmp_path / "d"), "--log-file", str(log_file),
+                "--log-format", "json")  # fmt: skip
     assert res.returncode == 2 and "--join" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+    assert "node_start_failed" in log_file.read_text()
 
 
 def test_a_config_file_can_name_the_node_its_data_dir_and_its_address(tmp_path: Path) -> None:
@@ -286,6 +289,8 @@ def test_operator_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         (("status", "--endpoints", "garbage"), "garbage"),
         (("demo", "--nodes", "0"), "1 to 64 nodes"),
         (("repair", "--data-dir", str(tmp_path)), "not a zraft data dir"),
+        (("run", "--id", "n4", "--bind", port.partition("=")[2], "--data-dir",
+          str(tmp_path / "j"), "--join", "garbage"), "join 'garbage'"),
     ]  # fmt: skip
     for args, says in cases:
         res = zraft(*args)
