@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_repair)
 
     demo = sub.add_parser("demo", help="run a local 3-node cluster, kill its leader, show failover")
-    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--nodes", type=int, default=3, help="3 to 64 (the leader is killed)")
     demo.add_argument("--writes", type=int, default=300)
     demo.add_argument("--base-port", type=int, default=0, help="0 = pick free ports")
     demo.add_argument("--keep", action="store_true", help="keep the data dir and logs")

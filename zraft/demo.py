@@ -6,7 +6,7 @@ import signal
 import time
 
 from zraft.cli import STATUS_COLUMNS, cluster_status, format_table
-from zraft.errors import ZraftError
+from zraft.errors import ConfigError, ZraftError
 from zraft.launcher import LocalCluster
 
 
@@ -16,6 +16,8 @@ def _say(msg: str) -> None:
 
 def run_demo(nodes: int = 3, writes: int = 300, keep: bool = False, base_port: int = 0) -> int:
     """Start, write, kill the leader, write more, verify every write, print status, clean up."""
+    if not 3 <= nodes <= 64:  # the rest must still be a majority once the leader is killed
+        raise ConfigError(f"the demo kills its leader and writes on: 3 to 64 nodes, not {nodes}")
     cluster = LocalCluster(nodes, keep=keep, base_port=base_port)
 
     def on_term(signum: int, _frame: object) -> None:
