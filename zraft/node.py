@@ -332,6 +332,7 @@ class Node:
         #: callers of transfer_leadership: (target, deliver), answered when it is done
         self._transfers: list[tuple[str, Deliver]] = []
         self._lost_logged = 0  #: the core's lost_reports when last looked at
+        self._damaged_snapshots = 0  #: storage's snapshots_set_aside() when last looked at
         self._last_leader_contact = time.monotonic()
         self._storage_error = ""
         self._log_syncing = False  #: a leader's log flush runs on the storage's helper thread
@@ -1930,6 +1931,17 @@ class Node:
         self._maybe_promote(now)
         self._answer_transfers()
         self._report_lost_state()
+        self._replace_damaged_snapshot()
+
+    def _replace_damaged_snapshot(self) -> None:
+        """A snapshot failed its checksum as it was sent and was set aside: write a new
+        one now, or followers that need one wait for the next automatic snapshot."""
+        damaged = self.storage.snapshots_set_aside()
+        if damaged == self._damaged_snapshots:
+            return
+        self._damaged_snapshots = damaged
+        self.log.error("snapshot_damaged", count=damaged, hint="set aside; writing a new one")
+        self._start_snapshot(None)
 
     def _report_lost_state(self) -> None:
         """Say loudly what the core only counts: a follower's log went back below what it

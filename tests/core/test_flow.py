@@ -77,3 +77,38 @@ def test_a_newer_terms_notice_is_not_taken_for_an_ack_of_nothing() -> None:
     after = r.status().progress["n2"]
     assert (after.state, after.next, after.match) == (before.state, before.next, before.match)
     assert not [m for m in msgs(r) if isinstance(m, AppendEntries) and m.to == "n2"]
+
+
+def test_a_snapshot_set_aside_mid_transfer_waits_for_the_next_one() -> None:
+    """The driver's storage may set a snapshot aside while it is being sent (its file
+    failed its checksum): with no other to send, the leader neither crashes nor spins,
+    and sends the driver's next snapshot to the follower that needs one."""
+    from zraft.core import Compacted, InstallSnapshot
+
+    r = make(log=[(1, i) for i in range(1, 6)], term=1)
+    elect(r)
+    msgs(r)
+    r.step(AppendResponse(r.term, "n2", "n1", 6))  # n2 has it all: index 6 commits
+    msgs(r)
+    st = r.storage
+    st.create_snapshot(6, b"state")
+    real_chunk = st.snapshot_chunk
+
+    def rotten(index: int, offset: int, max_bytes: int) -> bytes:
+        st._snap = None  # what set-aside leaves: no snapshot to send instead
+        raise Compacted("failed its checksum: set aside")
+
+    st.snapshot_chunk = rotten  # type: ignore[method-assign]
+    r.step(AppendResponse(r.term, "n3", "n1", 5, True, 0, 1))  # n3 has nothing: compacted
+    assert not [m for m in msgs(r) if isinstance(m, InstallSnapshot)]
+    st.snapshot_chunk = real_chunk  # type: ignore[method-assign]
+    r.propose([b"x"])
+    msgs(r)
+    r.step(AppendResponse(r.term, "n2", "n1", 7))
+    msgs(r)
+    fresh = st.create_snapshot(7, b"state, written again")
+    sent: list[InstallSnapshot] = []
+    for _ in range(5):
+        r.tick()
+        sent += [m for m in msgs(r) if isinstance(m, InstallSnapshot) and m.to == "n3"]
+    assert sent and sent[0].meta == fresh and sent[0].offset == 0

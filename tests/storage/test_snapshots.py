@@ -74,6 +74,32 @@ def test_read_snapshot_detects_damage(data_dir: Path) -> None:
             b"".join(st.read_snapshot(meta))
 
 
+def test_a_snapshot_that_rots_on_disk_is_set_aside_as_it_is_sent(data_dir: Path) -> None:
+    """A leader sends from offset 0 up: the last chunk's read finds the bad checksum, and
+    the file is set aside (Compacted: send another) instead of being sent for ever to
+    followers that reject every copy (found in review)."""
+    blob = b"0123456789" * 100
+    with Storage.open(data_dir, keep_snapshots=2) as st:
+        older = st.write_snapshot(2, 1, M, [b"old"])
+        meta = st.write_snapshot(3, 1, M, [blob])
+        assert b"".join(st.snapshot_chunk(3, off, 300) for off in range(0, 1000, 300)) == blob
+        assert st.snapshot_chunk(3, 600, 300) == blob[600:900]  # resumed mid-file: unchecked
+        path = data_dir / "snapshots" / snap_files(data_dir)[-1]
+        with open(path, "r+b") as f:
+            f.seek(500)
+            f.write(b"X")
+        st.snapshot_chunk(3, 0, 300)
+        st.snapshot_chunk(3, 300, 300)
+        st.snapshot_chunk(3, 600, 300)
+        with pytest.raises(Compacted, match="checksum"):
+            st.snapshot_chunk(3, 900, 300)
+        assert st.snapshots_set_aside() == 1
+        assert st.snapshot_meta() == older != meta  # the fallback the log was kept back to
+        assert path.with_name(path.name + ".corrupt").exists() and not path.exists()
+        with pytest.raises(Compacted):
+            st.snapshot_chunk(3, 0, 300)
+
+
 def test_staged_install_resets_a_disagreeing_log(data_dir: Path) -> None:
     state = os.urandom(10_000)
     meta = SnapshotMeta(80, 4, M, len(state), zlib.crc32(state))

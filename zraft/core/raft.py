@@ -1139,10 +1139,15 @@ class Raft:
             if pr.snap_sent < meta.size:
                 try:
                     data = self.storage.snapshot_chunk(meta.index, pr.snap_sent, chunk)
-                except Compacted:  # pruned under way: start over with the newest
+                except Compacted:  # pruned under way, or set aside as damaged
+                    current = self.storage.snapshot_meta()
                     if current is None or current.index == meta.index:
-                        raise
-                    pr.become_snapshot(current)
+                        # nothing else to send (the driver writes a new one): try again
+                        # at the next heartbeat, as after a follower's reject
+                        pr.snap_sent = pr.snap_acked = 0
+                        pr.snap_done_sent, pr.snap_progress = True, False
+                        return
+                    pr.become_snapshot(current)  # start over with the newest
                     self._send_snapshot(to, pr)
                     return
                 assert data, "storage returned no snapshot bytes"

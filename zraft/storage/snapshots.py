@@ -30,6 +30,7 @@ _TRAILER = struct.Struct("<II8s")
 _MAGIC = b"ZRSNAP01"
 MAX_META_BYTES = 1 << 20
 _VERIFY_CHUNK = 1 << 20
+MAX_SENT_CRCS = 1 << 16  #: chunk boundaries remembered for checking snapshots as sent
 
 
 def _name(meta: SnapshotMeta) -> str:
@@ -112,6 +113,10 @@ class SnapshotStore:
         self._metas: list[SnapshotMeta] = []  #: newest first, by (term, index)
         self._staged: SnapshotMeta | None = None
         self._staged_size = 0
+        #: (index, offset) -> CRC of bytes [0, offset) of a snapshot a leader is sending;
+        #: reactor thread only (see _check_as_sent)
+        self._sent_crcs: dict[tuple[int, int], int] = {}
+        self.corrupt_found = 0  #: snapshots set aside while running (their file rotted)
         self.dir.mkdir(exist_ok=True)
         self._load()
 
@@ -222,9 +227,37 @@ class SnapshotStore:
         except FileNotFoundError:
             raise Compacted(f"snapshot at index {index} was pruned") from None
         try:
-            return pread_exact(fd, min(max_bytes, meta.size - offset), offset)
+            data = pread_exact(fd, min(max_bytes, meta.size - offset), offset)
         finally:
             os.close(fd)
+        self._check_as_sent(path, meta, offset, data)
+        return data
+
+    def _check_as_sent(self, path: Path, meta: SnapshotMeta, offset: int, data: bytes) -> None:
+        """A leader sends its snapshot from offset 0 up, in order: checking the CRC as it
+        goes catches a file that rotted on disk, which followers would otherwise reject
+        copy after copy, forever. A bad one is set aside (Compacted: send another)."""
+        if offset == 0:
+            crc = 0
+            live = {m.index for m in self._metas}
+            self._sent_crcs = {k: v for k, v in self._sent_crcs.items() if k[0] in live}
+        elif (crc_so_far := self._sent_crcs.get((meta.index, offset))) is not None:
+            crc = crc_so_far
+        else:
+            return  # a transfer resumed mid-file: it cannot be checked on the way
+        crc = zlib.crc32(data, crc)
+        end = offset + len(data)
+        if end < meta.size:
+            if len(self._sent_crcs) < MAX_SENT_CRCS:
+                self._sent_crcs[(meta.index, end)] = crc
+            return
+        if crc == meta.crc32:
+            return
+        with self._lock:
+            self._metas = [m for m in self._metas if _order(m) != _order(meta)]
+        self._set_aside(path, CorruptSnapshot(f"{path}: data fails its checksum", path=str(path)))
+        self.corrupt_found += 1
+        raise Compacted(f"snapshot at index {meta.index} failed its checksum: set aside")
 
     def read(self, meta: SnapshotMeta, chunk_bytes: int) -> Iterator[bytes]:
         """Yield the data; raise CorruptSnapshot at the end if size/crc do not match."""

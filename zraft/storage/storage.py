@@ -177,7 +177,13 @@ class Storage:
         return self._snaps.newest()
 
     def snapshot_chunk(self, index: int, offset: int, max_bytes: int) -> bytes:
+        """Bytes of a snapshot being sent; Compacted if it was pruned, or set aside as
+        it failed its checksum when read through (see ``snapshots_set_aside``)."""
         return self._snaps.chunk(index, offset, max_bytes)
+
+    def snapshots_set_aside(self) -> int:
+        """How many snapshots failed their checksum while being sent (since open)."""
+        return self._snaps.corrupt_found
 
     # ------------------------------------------------------------------ writes
 
