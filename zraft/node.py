@@ -17,6 +17,7 @@ import random
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ from zraft.events import Event, EventBus
 from zraft.kv import KV
 from zraft.metrics import Histogram
 from zraft.protocol import ClientReply, ClientRequest
-from zraft.sessions import SessionLimits, SessionTable, Stale
+from zraft.sessions import Reused, SessionLimits, SessionTable, Stale
 from zraft.statemachine import StateMachine
 from zraft.storage import Storage, StorageFailed
 from zraft.storage.records import REC_HDR_BYTES
@@ -1383,12 +1384,20 @@ class Node:
             except codec.DecodeError as exc:
                 self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
                 return Outcome(False, error="bad_request", message=str(exc))
-        remembered = self._sessions.begin(client_id, seq) if client_id and seq else None
+        digest = zlib.crc32(e.data) if client_id and seq else None  # a retry's bytes match
+        remembered = self._sessions.begin(client_id, seq, digest) if client_id and seq else None
         if isinstance(remembered, Stale):
             return Outcome(
                 False,
                 error="unknown_outcome",
                 message="sequence number older than the session window",
+            )
+        if isinstance(remembered, Reused):
+            return Outcome(
+                False,
+                error="bad_request",
+                message=f"sequence number {seq} of this client id came with another command"
+                " before: two clients share the id, or one reused its numbers (not applied)",
             )
         if remembered is not None:
             return Outcome(*remembered)
@@ -1404,7 +1413,9 @@ class Node:
                 out = Outcome(False, error="app_error", message=f"{type(exc).__name__}: {exc}")
         if client_id and seq:
             out = _wire_safe(out)  # a remote caller's result must survive msgpack and snapshots
-            self._sessions.record(client_id, seq, (out.ok, out.result, out.error, out.message))
+            self._sessions.record(
+                client_id, seq, (out.ok, out.result, out.error, out.message), digest
+            )
         return out
 
     def _apply_noop(self, e: Entry) -> None:

@@ -66,6 +66,14 @@ class Stale:
 
 STALE: Final = Stale()
 
+
+class Reused:
+    """The sequence number's remembered result belongs to another command: two clients
+    share an id, or a restarted one reused its numbers. Answering it would be a lie."""
+
+
+REUSED: Final = Reused()
+
 #: the reserved session that carries the limits in a snapshot (clients have non-empty ids)
 _LIMITS_ID: Final = b""
 
@@ -84,6 +92,10 @@ class SessionTable:
         self._limits = limits
         self._sessions: OrderedDict[bytes, OrderedDict[int, Result]] = OrderedDict()
         self._floors: dict[bytes, int] = {}  #: client -> highest seq trimmed (absent: 0)
+        #: client -> seq -> checksum of the command behind its remembered result. Kept in
+        #: memory only (snapshots keep their earlier layout): a restored table trusts
+        #: every seq, as tables did before this check existed.
+        self._digests: dict[bytes, dict[int, int]] = {}
 
     @property
     def limits(self) -> SessionLimits:
@@ -92,10 +104,14 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def begin(self, client_id: bytes, seq: int) -> Result | Stale | None:
+    def begin(
+        self, client_id: bytes, seq: int, digest: int | None = None
+    ) -> Result | Stale | Reused | None:
         """Open (or touch) the client's session; its remembered result for ``seq``, if any.
 
-        None means: run the command, then :meth:`record` its result."""
+        None means: run the command, then :meth:`record` its result. ``digest`` (a
+        checksum of the command) tells a retry from another command under the same seq.
+        """
         assert client_id and seq > 0
         results = self._sessions.get(client_id)
         if results is None:
@@ -103,17 +119,23 @@ class SessionTable:
             if len(self._sessions) > self._limits.max_sessions:
                 gone, _ = self._sessions.popitem(last=False)
                 self._floors.pop(gone, None)
+                self._digests.pop(gone, None)
         self._sessions.move_to_end(client_id)
         seen = results.get(seq)
         if seen is not None:
+            known = self._digests.get(client_id, {}).get(seq)
+            if digest is not None and known is not None and known != digest:
+                return REUSED
             return seen
         if seq <= self._floors.get(client_id, 0):
             return STALE
         return None
 
-    def record(self, client_id: bytes, seq: int, result: Result) -> None:
+    def record(self, client_id: bytes, seq: int, result: Result, digest: int | None = None) -> None:
         """Remember the result of a command :meth:`begin` let run."""
         results = self._sessions[client_id]
+        if digest is not None:
+            self._digests.setdefault(client_id, {})[seq] = digest
         late = bool(results) and seq < next(reversed(results))
         results[seq] = result
         if late:  # rare: keep seq order, so trimming drops the lowest
@@ -123,8 +145,10 @@ class SessionTable:
         self._trim(client_id, results, self._limits.window)
 
     def _trim(self, client_id: bytes, results: OrderedDict[int, Result], window: int) -> None:
+        digests = self._digests.get(client_id, {})
         while len(results) > window:
             seq, _ = results.popitem(last=False)
+            digests.pop(seq, None)
             if seq > self._floors.get(client_id, 0):
                 self._floors[client_id] = seq
 
@@ -134,6 +158,7 @@ class SessionTable:
         while len(self._sessions) > limits.max_sessions:
             gone, _ = self._sessions.popitem(last=False)
             self._floors.pop(gone, None)
+            self._digests.pop(gone, None)
         for client_id, results in self._sessions.items():
             self._trim(client_id, results, limits.window)
 
@@ -166,7 +191,7 @@ class SessionTable:
             _seq, (_ok, window_and_count, _error, _message) = sessions[0][1][0]
             self._limits = SessionLimits(*window_and_count)
             sessions = sessions[1:]
-        self._sessions, self._floors = OrderedDict(), {}
+        self._sessions, self._floors, self._digests = OrderedDict(), {}, {}
         for cid, results in sessions:
             table: OrderedDict[int, Result] = OrderedDict()
             floor = None

@@ -163,6 +163,25 @@ def test_runtime_registered_handlers(tmp_path: Path) -> None:
             node.add_member("solo", "tcp://127.0.0.1:1", timeout=10)
 
 
+def test_two_clients_sharing_an_id_never_get_each_others_results(tmp_path: Path) -> None:
+    import itertools
+
+    with _single(tmp_path, Counter()) as node:
+        _wait_leader([node])
+        clients = [zraft.Client([node.config.address], client_id=b"shared", timeout=10)]
+        clients.append(zraft.Client([node.config.address], client_id=b"shared", timeout=10))
+        for c in clients:
+            c._seq = itertools.count(1000)  # the same numbers, as after a clock step back
+        try:
+            assert clients[0].apply("add", 5) == 5
+            with pytest.raises(zraft.CommandFailed, match="came with another command"):
+                clients[1].apply("add", 7)  # was answered 5: seq 1000's remembered result
+            assert node.query("read") == 5
+        finally:
+            for c in clients:
+                c.close()
+
+
 def test_restart_restores_state(tmp_path: Path) -> None:
     node = _single(tmp_path, Counter())
     with node:

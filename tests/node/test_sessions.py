@@ -11,6 +11,7 @@ from zraft.errors import ConfigError
 from zraft.sessions import (
     MAX_SESSION_WINDOW,
     MAX_SESSIONS,
+    REUSED,
     STALE,
     SessionLimits,
     SessionTable,
@@ -35,6 +36,23 @@ def test_a_retried_sequence_number_gets_the_first_result() -> None:
     assert _run(t, b"a", 1) == "applied"
     assert _run(t, b"a", 1) == _ok(10)
     assert _run(t, b"b", 1) == "applied"  # sessions are per client
+
+
+def test_a_sequence_number_reused_for_another_command_is_not_answered_from_the_table() -> None:
+    """Two clients sharing an id (or one that reused its numbers) once got each other's
+    results for commands never applied. A retry carries the same bytes: same digest."""
+    t = SessionTable(SessionLimits(window=4, max_sessions=10))
+    assert t.begin(b"a", 1, digest=111) is None
+    t.record(b"a", 1, _ok(10), digest=111)
+    assert t.begin(b"a", 1, digest=111) == _ok(10)  # the retry
+    assert t.begin(b"a", 1, digest=222) is REUSED  # another command under seq 1
+    restored = SessionTable(SessionLimits(window=4, max_sessions=10))
+    restored.restore(t.pack())  # digests stay in memory: a restored table trusts the seq
+    assert restored.begin(b"a", 1, digest=222) == _ok(10)
+    for seq in range(2, 7):  # trimmed with their results
+        t.begin(b"a", seq, digest=seq)
+        t.record(b"a", seq, _ok(seq), digest=seq)
+    assert t.begin(b"a", 1, digest=222) is STALE
 
 
 def test_the_window_forgets_the_oldest_and_calls_older_ones_stale() -> None:
