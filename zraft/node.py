@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import queue
 import random
+import shutil
 import struct
 import threading
 import time
@@ -21,6 +22,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -618,12 +620,17 @@ class Node:
         # every line logged on this thread names the node, the storage's too (its logger
         # is the module's): `zraft tail --node` would hide them otherwise
         structlog.contextvars.bind_contextvars(node=self.config.node_id)
+        data_dir = Path(self.config.data_dir)
+        made_dir = not data_dir.exists()
         try:
             self._open()
         except BaseException as exc:  # reported to start()/run()
             self._start_error = exc
             self.log.error("node_start_failed", error=str(exc))
+            unused = made_dir and self._nothing_written()
             self._release_resources()
+            if unused:  # a refused first start leaves no skeleton behind
+                shutil.rmtree(data_dir, ignore_errors=True)
             self._closing = True
             self._running.set()
             self._stopped.set()
@@ -859,6 +866,15 @@ class Node:
                 return
             with contextlib.suppress(Exception):
                 fn()
+
+    def _nothing_written(self) -> bool:
+        """True if this start wrote no state (an identity file alone is none: a later
+        start may still replace it)."""
+        storage: Storage | None = getattr(self, "storage", None)
+        try:
+            return storage is None or storage.is_empty()
+        except Exception:  # a half-opened storage: keep what is there
+            return False
 
     def _release_resources(self) -> None:
         """Close whatever _open managed to open (after a failed start, too)."""

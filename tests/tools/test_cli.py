@@ -78,6 +78,7 @@ def test_an_empty_node_with_nothing_to_bootstrap_or_join_is_refused(tmp_path: Pa
     assert res.returncode == 2 and "--join" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
     assert "node_start_failed" in log_file.read_text()
+    assert not (tmp_path / "d").exists(), "a refused first start leaves no data dir behind"
 
 
 def test_a_config_file_can_name_the_node_its_data_dir_and_its_address(tmp_path: Path) -> None:
