@@ -398,7 +398,7 @@ class Client:
                 maybe_applied = maybe_applied or kind in _CHANGES
             last_error = err
             backoff = self._retry_after(reply, backoff, deadline)
-        _give_up(f"{kind} {name!r}", total, maybe_applied, last_error)
+        _give_up(f"{kind} {name!r}", total, maybe_applied, last_error, self.cluster_id)
 
     def _request_many(
         self, commands: Sequence[Command], seqs: list[int], timeout: float | None
@@ -457,7 +457,7 @@ class Client:
         if len(results) == len(commands):
             return [results[i] for i in range(len(commands))]
         what = f"apply_many: {len(commands) - len(results)} of {len(commands)} commands"
-        _give_up(what, total, maybe_applied, last_error)
+        _give_up(what, total, maybe_applied, last_error, self.cluster_id)
 
     def _exchange_many(
         self, endpoint: str, reqs: list[ClientRequest], timeout: float
@@ -508,8 +508,13 @@ class Client:
             self._current += 1
 
 
-def _give_up(what: str, total: float, maybe_applied: bool, last: ZraftError | None) -> NoReturn:
+def _give_up(
+    what: str, total: float, maybe_applied: bool, last: ZraftError | None, cluster_id: str = ""
+) -> NoReturn:
     """The error for a request that ran out of time: never a false failure."""
+    if isinstance(last, ReadTimeout) and str(last).startswith("no answer from") and cluster_id:
+        # connected, yet silent: what a node does with a frame of another cluster
+        last = ReadTimeout(f"{last}; is cluster_id {cluster_id!r} the nodes'?")
     if maybe_applied:
         raise UnknownOutcome(
             f"{what}: no definite answer within {total:.1f}s (last: {last}); "

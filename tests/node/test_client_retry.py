@@ -134,6 +134,22 @@ def test_int_map_keys_are_refused_before_sending(fakes: list[FakeNode]) -> None:
     assert node.seen == 1
 
 
+def test_silence_from_a_connected_node_names_the_cluster_id(tmp_path: Path) -> None:
+    """A node drops a frame of another cluster unanswered: the only hint the caller gets."""
+    with zraft.Node(
+        zraft.Config(
+            node_id="solo",
+            bind=(addr := f"tcp://127.0.0.1:{free_ports(1)[0]}"),
+            peers={"solo": addr},
+            data_dir=str(tmp_path / "solo"),
+        )
+    ) as node:
+        node.wait_for_leader(timeout=20)
+        c = zraft.Client([addr], cluster_id="other", timeout=1.5, attempt_timeout=0.5)
+        with c, pytest.raises(zraft.UnknownOutcome, match="is cluster_id 'other' the nodes'"):
+            c.apply("put", "k", 1)
+
+
 def test_caller_mistakes_fail_at_once(fakes: list[FakeNode]) -> None:
     node = FakeNode(_ok)
     fakes.append(node)
