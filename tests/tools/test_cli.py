@@ -183,8 +183,10 @@ def test_cluster_commands_against_a_live_cluster(tmp_path: Path) -> None:
         assert "n9" not in json.loads(res.stdout.splitlines()[-1])["learners"]
         res = zraft("members", "remove", "n9", "--endpoints", eps)  # a no-op says so
         assert res.returncode == 0 and "not a member" in res.stdout
-        res = zraft("members", "add", "n1", spare, "--endpoints", eps)
+        res = zraft("members", "add", "n1", cluster.nodes["n1"].address, "--endpoints", eps)
         assert res.returncode == 0 and "already a member" in res.stdout
+        res = zraft("members", "add", "n1", spare, "--endpoints", eps)  # a move: refused
+        assert res.returncode == 1 and "to move it, remove it" in res.stderr
 
         target = next(n for n in cluster.nodes if n != leader)
         res = zraft("transfer", "--to", target, "--endpoints", eps)
