@@ -514,7 +514,7 @@ def _give_up(
     """The error for a request that ran out of time: never a false failure."""
     if isinstance(last, ReadTimeout) and str(last).startswith("no answer from") and cluster_id:
         # connected, yet silent: what a node does with a frame of another cluster
-        last = ReadTimeout(f"{last}; is cluster_id {cluster_id!r} the nodes'?")
+        last = ReadTimeout(f"{last}; if the nodes are up, is cluster_id {cluster_id!r} the nodes'?")
     if maybe_applied:
         raise UnknownOutcome(
             f"{what}: no definite answer within {total:.1f}s (last: {last}); "

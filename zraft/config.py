@@ -116,8 +116,8 @@ class Config:
             raise ConfigError(f"peers must include this node ({self.node_id})")
         if self.peers and self.join:
             raise ConfigError("give peers (bootstrap a new cluster) or join, not both")
-        for endpoint in (self.join or "").split(","):
-            if self.join is not None and not ADDR_RE.match(endpoint.partition("=")[2] or endpoint):
+        for endpoint in filter(None, (e.strip() for e in (self.join or "").split(","))):
+            if not ADDR_RE.match(endpoint.partition("=")[2] or endpoint):
                 raise ConfigError(f"join {endpoint!r}: expected e.g. tcp://127.0.0.1:7001")
         if self.fsync not in ("always", "never"):
             raise ConfigError(f"fsync {self.fsync!r}: 'always' or 'never'")

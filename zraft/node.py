@@ -627,10 +627,9 @@ class Node:
         except BaseException as exc:  # reported to start()/run()
             self._start_error = exc
             self.log.error("node_start_failed", error=str(exc))
-            unused = made_dir and self._nothing_written()
+            if made_dir and self._nothing_written():  # a refused first start leaves no
+                shutil.rmtree(data_dir, ignore_errors=True)  # skeleton (we hold its lock)
             self._release_resources()
-            if unused:  # a refused first start leaves no skeleton behind
-                shutil.rmtree(data_dir, ignore_errors=True)
             self._closing = True
             self._running.set()
             self._stopped.set()
@@ -871,8 +870,10 @@ class Node:
         """True if this start wrote no state (an identity file alone is none: a later
         start may still replace it)."""
         storage: Storage | None = getattr(self, "storage", None)
+        if storage is None:  # never opened (locked by another process, say): not ours
+            return False
         try:
-            return storage is None or storage.is_empty()
+            return storage.is_empty()
         except Exception:  # a half-opened storage: keep what is there
             return False
 
@@ -950,8 +951,8 @@ class Node:
                 continue
             if isinstance(msg, HeartbeatResponse):
                 sent = self._hb_sent.pop(msg.frm, None)
-                self._hb_answered[msg.frm] = time.monotonic()
-                if sent is not None:
+                if sent is not None:  # ours to a peer: a stranger's keys cannot pile up
+                    self._hb_answered[msg.frm] = time.monotonic()
                     self.events.emit("heartbeat", msg.frm, (time.monotonic() - sent) * 1000)
             elif isinstance(msg, Heartbeat):
                 self._note_leader_contact()
@@ -1184,6 +1185,8 @@ class Node:
                 continue
             try:
                 r.deliver(Outcome(True, handler(*r.args)))
+            except KeyboardInterrupt:  # the operator's Ctrl-C, not the handler's doing
+                raise
             except BaseException as exc:  # the user's handler failed: their error, not ours
                 r.deliver(Outcome(False, error="app_error", message=f"{type(exc).__name__}: {exc}"))
 
@@ -1423,6 +1426,8 @@ class Node:
         else:
             try:
                 out = Outcome(True, handler(*args))
+            except KeyboardInterrupt:  # a Ctrl-C on this node alone: replayed at restart
+                raise
             # BaseException too (a CancelledError, a SystemExit): the same on every node,
             # and a committed entry that killed the reactor would kill it at each restart
             except BaseException as exc:  # the handler's error goes back to the caller
@@ -1828,11 +1833,14 @@ class Node:
     def _do_transfer(self, to: str | None, deliver: Deliver) -> None:
         """Start handing leadership over; ``deliver`` hears once it left this node (the
         target's id) or when the transfer gave up after an election timeout."""
+        if self._closing:
+            deliver(Outcome(False, error="stopped", message="node stopped"))
+            return
         if self.core.role != Role.LEADER:
             deliver(self._not_leader())
             return
-        if to is None:
-            to = self._transfer_target()
+        if to is None:  # a retried call keeps the target its first attempt chose
+            to = self.core.transferee or self._transfer_target()
             if to is None:
                 message = "no other voter has answered a heartbeat within an election timeout"
                 deliver(Outcome(False, error="bad_request", message=message))
@@ -1873,8 +1881,11 @@ class Node:
         leading = self.core.role == Role.LEADER
         waiting = []
         for to, deliver in self._transfers:
-            if not leading:
+            if not leading and self.core.leader in (NONE, to):
                 deliver(Outcome(True, to))
+            elif not leading:
+                message = f"leadership went to {self.core.leader}, not {to}"
+                deliver(Outcome(False, error="bad_request", message=message))
             elif self.core.transferee != to:
                 message = (
                     f"leadership transfer to {to} gave up after an election timeout (is it"

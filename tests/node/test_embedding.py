@@ -934,6 +934,15 @@ def test_options_that_would_fail_later_are_config_errors(
         _solo_config(tmp_path, **options).validate()
 
 
+def test_join_endpoints_are_checked_but_spaces_and_empty_items_are_fine(tmp_path: Path) -> None:
+    ok = "tcp://127.0.0.1:7001, tcp://127.0.0.1:7002,"
+    zraft.Config(node_id="n4", bind="tcp://127.0.0.1:7004", data_dir="d", join=ok).validate()
+    with pytest.raises(zraft.ConfigError, match="join 'garbage'"):
+        zraft.Config(
+            node_id="n4", bind="tcp://127.0.0.1:7004", data_dir="d", join="garbage"
+        ).validate()
+
+
 def test_an_address_of_another_peer_is_a_config_error(tmp_path: Path) -> None:
     peers = {"n1": "tcp://127.0.0.1:7001", "n2": "tcp://127.0.0.1:7002"}
     cfg = zraft.Config(

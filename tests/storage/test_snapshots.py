@@ -98,6 +98,11 @@ def test_a_snapshot_that_rots_on_disk_is_set_aside_as_it_is_sent(data_dir: Path)
         assert path.with_name(path.name + ".corrupt").exists() and not path.exists()
         with pytest.raises(Compacted):
             st.snapshot_chunk(3, 0, 300)
+        other = blob[::-1]  # its replacement at the same index: other bytes, other CRC
+        st.write_snapshot(3, 1, M, [other])
+        assert st.snapshot_chunk(3, 600, 300) == other[600:900]  # no stale CRC applies
+        assert b"".join(st.snapshot_chunk(3, off, 300) for off in range(0, 1000, 300)) == other
+        assert st.snapshots_set_aside() == 1
 
 
 def test_staged_install_resets_a_disagreeing_log(data_dir: Path) -> None:

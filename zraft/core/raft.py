@@ -1129,8 +1129,8 @@ class Raft:
         meta = pr.snap_meta
         assert meta is not None
         current = self.storage.snapshot_meta()
-        if current is not None and current.index != meta.index and pr.snap_sent == 0:
-            pr.become_snapshot(current)  # not begun: send the newest
+        if current is not None and current != meta and pr.snap_sent == 0:
+            pr.become_snapshot(current)  # not begun: send the newest (or its replacement)
             meta = current
         chunk = self.config.snapshot_chunk_bytes
         window = SNAPSHOT_WINDOW_CHUNKS * chunk
@@ -1141,7 +1141,7 @@ class Raft:
                     data = self.storage.snapshot_chunk(meta.index, pr.snap_sent, chunk)
                 except Compacted:  # pruned under way, or set aside as damaged
                     current = self.storage.snapshot_meta()
-                    if current is None or current.index == meta.index:
+                    if current is None or current == meta:
                         # nothing else to send (the driver writes a new one): try again
                         # at the next heartbeat, as after a follower's reject
                         pr.snap_sent = pr.snap_acked = 0

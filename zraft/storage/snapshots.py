@@ -113,9 +113,9 @@ class SnapshotStore:
         self._metas: list[SnapshotMeta] = []  #: newest first, by (term, index)
         self._staged: SnapshotMeta | None = None
         self._staged_size = 0
-        #: (index, offset) -> CRC of bytes [0, offset) of a snapshot a leader is sending;
+        #: (index, crc32, offset) -> CRC of bytes [0, offset) of a snapshot being sent;
         #: reactor thread only (see _check_as_sent)
-        self._sent_crcs: dict[tuple[int, int], int] = {}
+        self._sent_crcs: dict[tuple[int, int, int], int] = {}
         self.corrupt_found = 0  #: snapshots set aside while running (their file rotted)
         self.dir.mkdir(exist_ok=True)
         self._load()
@@ -237,11 +237,12 @@ class SnapshotStore:
         """A leader sends its snapshot from offset 0 up, in order: checking the CRC as it
         goes catches a file that rotted on disk, which followers would otherwise reject
         copy after copy, forever. A bad one is set aside (Compacted: send another)."""
+        key = (meta.index, meta.crc32)  # a replacement at the same index has another CRC
         if offset == 0:
             crc = 0
-            live = {m.index for m in self._metas}
-            self._sent_crcs = {k: v for k, v in self._sent_crcs.items() if k[0] in live}
-        elif (crc_so_far := self._sent_crcs.get((meta.index, offset))) is not None:
+            live = {(m.index, m.crc32) for m in self._metas}
+            self._sent_crcs = {k: v for k, v in self._sent_crcs.items() if k[:2] in live}
+        elif (crc_so_far := self._sent_crcs.get((*key, offset))) is not None:
             crc = crc_so_far
         else:
             return  # a transfer resumed mid-file: it cannot be checked on the way
@@ -249,13 +250,14 @@ class SnapshotStore:
         end = offset + len(data)
         if end < meta.size:
             if len(self._sent_crcs) < MAX_SENT_CRCS:
-                self._sent_crcs[(meta.index, end)] = crc
+                self._sent_crcs[(*key, end)] = crc
             return
         if crc == meta.crc32:
             return
         with self._lock:
             self._metas = [m for m in self._metas if _order(m) != _order(meta)]
         self._set_aside(path, CorruptSnapshot(f"{path}: data fails its checksum", path=str(path)))
+        self._sent_crcs = {k: v for k, v in self._sent_crcs.items() if k[:2] != key}
         self.corrupt_found += 1
         raise Compacted(f"snapshot at index {meta.index} failed its checksum: set aside")
 
