@@ -194,6 +194,9 @@ def cluster_status(client: Any, timeout: float = 1.5) -> list[dict[str, Any]]:
             for node_id, addr in {**members["voters"], **members["learners"]}.items():
                 client._node_ids.setdefault(addr, node_id)
                 todo.append(addr)
+    for ep, r in rows.items():  # a down member the leader named: say which one it is
+        if r["id"] == "?":
+            r["id"] = client._node_ids.get(ep, "?")
     leader_commit = max((r.get("commit", 0) for r in rows.values()), default=0)
     for r in rows.values():
         if "applied" in r:

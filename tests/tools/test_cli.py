@@ -208,6 +208,13 @@ def test_cluster_commands_against_a_live_cluster(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         assert "leader" in res.stdout
 
+        down = sorted(cluster.nodes)[0]  # listed first: asked before the leader names it
+        if down == cluster.wait_for_leader(timeout=30):
+            down = sorted(cluster.nodes)[1]
+        cluster.stop(down)
+        rows = json.loads(zraft("status", "--endpoints", eps, "--json").stdout)
+        assert {r["id"]: r["role"] for r in rows}[down] == "unreachable", rows
+
 
 def test_demo_runs_as_the_readme_says() -> None:
     """The README's first command ends in `zraft demo`; it must work within a time bound."""
