@@ -101,7 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         cProfile.runctx("node.run()", globals(), {"node": node}, f"{profile_path}.{config.node_id}")
     else:
         node.run()
-    return EXIT_OK if not node.status().get("storage_error") else EXIT_FAIL
+    failed = node.status().get("storage_error")
+    if failed:  # the log may be a file nobody watches: the supervisor sees stderr
+        print(f"zraft run: {config.node_id} stopped, its storage failed: {failed}", file=sys.stderr)
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def _tune_gc() -> None:

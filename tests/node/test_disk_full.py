@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,9 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def _start(data_dir: Path, addr: str, log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    data_dir: Path, addr: str, log: Path, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -55,7 +58,7 @@ def _start(data_dir: Path, addr: str, log: Path) -> subprocess.Popen[bytes]:
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
 
 
@@ -64,7 +67,7 @@ def test_full_disk_refuses_writes_then_recovers(small_tmpfs: Path, tmp_path: Pat
     data_dir, log = small_tmpfs / "d1", tmp_path / "d1.jsonl"
     filler = small_tmpfs / "filler"
     filler.write_bytes(b"\0" * (3 << 20))
-    proc = _start(data_dir, addr, log)
+    proc = _start(data_dir, addr, log, stderr=subprocess.PIPE)
     acked: list[int] = []
     try:
         with Client([addr], timeout=5) as c:
@@ -78,6 +81,7 @@ def test_full_disk_refuses_writes_then_recovers(small_tmpfs: Path, tmp_path: Pat
         assert 0 < len(acked) < 2000, "the disk never filled"
         assert proc.wait(timeout=30) == 1, "the node should stop with status 1 on a full disk"
         assert "storage_failed" in log.read_text()
+        assert proc.stderr is not None and b"its storage failed" in proc.stderr.read()
         filler.unlink()  # free space, restart: every acknowledged write is there
         proc = _start(data_dir, addr, log)
         with Client([addr], timeout=30) as c:
