@@ -336,6 +336,7 @@ class Node:
         self._transfers: list[tuple[str, Deliver]] = []
         self._lost_logged = 0  #: the core's lost_reports when last looked at
         self._damaged_snapshots = 0  #: storage's snapshots_set_aside() when last looked at
+        self._snapshots_rejected = 0  #: received snapshots that failed their checksum
         self._last_leader_contact = time.monotonic()
         self._storage_error = ""
         self._log_syncing = False  #: a leader's log flush runs on the storage's helper thread
@@ -1531,7 +1532,12 @@ class Node:
         if self._log_holds(meta.index, meta.term):
             return
         if not self.storage.finish_staged_snapshot(meta):
-            self.log.warning("snapshot_rejected", index=meta.index, reason="checksum mismatch")
+            self._snapshots_rejected += 1  # logged at 1, 2, 4, 8...: a bad copy may recur
+            n = self._snapshots_rejected
+            if n & (n - 1) == 0:
+                self.log.warning(
+                    "snapshot_rejected", index=meta.index, reason="checksum mismatch", count=n
+                )
             self.core.snapshot_failed(meta)
 
     def _install_snapshot(self, meta: SnapshotMeta) -> None:

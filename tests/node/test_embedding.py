@@ -182,6 +182,37 @@ def test_two_clients_sharing_an_id_never_get_each_others_results(tmp_path: Path)
                 c.close()
 
 
+def test_a_recurring_bad_snapshot_copy_is_logged_at_powers_of_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader resending a damaged snapshot made a follower log every copy (388 lines in
+    10 s, found in review): 1, 2, 4, 8... of them now say it, with the count."""
+    import concurrent.futures
+
+    from structlog.testing import capture_logs
+
+    from zraft.core import Membership, SnapshotMeta
+
+    with _single(tmp_path, Counter()) as node:
+        _wait_leader([node])
+        monkeypatch.setattr(node.storage, "finish_staged_snapshot", lambda meta: False)
+        monkeypatch.setattr(node.core, "snapshot_failed", lambda meta: None)
+        monkeypatch.setattr(node, "_log_holds", lambda index, term: False)
+        meta = SnapshotMeta(10, 1, Membership(voters={"solo": "x"}), 4, 0)
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def reject_many() -> None:
+            for _ in range(9):
+                node._verify_staged_snapshot(meta)
+            done.set_result(None)
+
+        with capture_logs() as logs:
+            node._post(reject_many)
+            done.result(timeout=10)
+    counts = [e["count"] for e in logs if e["event"] == "snapshot_rejected"]
+    assert counts == [1, 2, 4, 8]
+
+
 def test_restart_restores_state(tmp_path: Path) -> None:
     node = _single(tmp_path, Counter())
     with node:
