@@ -64,14 +64,26 @@ def generate_keypair(
     return Path(public), Path(secret)
 
 
+def _require_file(path: str | os.PathLike[str]) -> None:
+    """pyzmq says "Invalid certificate file" for a file that is not there at all."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no key file {os.fspath(path)} (`zraft keygen DIR --name ID --client NAME`"
+            " makes them; a client's is clients/<name>.key_secret, <name> from"
+            " --client-name, default 'client')"
+        )
+
+
 def load_public_key(path: str | os.PathLike[str]) -> bytes:
     """The z85 public key of a ``.key`` or ``.key_secret`` file."""
+    _require_file(path)
     public, _ = zmq.auth.load_certificate(path)
     return public
 
 
 def load_keypair(secret_path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """(public, secret) z85 keys from a ``.key_secret`` file."""
+    _require_file(secret_path)
     public, secret = zmq.auth.load_certificate(secret_path)
     if secret is None:
         raise ValueError(f"{secret_path} holds no secret key")

@@ -77,6 +77,15 @@ def test_generate_keypair_writes_public_and_private_secret(tmp_dir: Path) -> Non
         load_keypair(public)
 
 
+def test_a_missing_key_file_is_named_with_how_to_make_it(tmp_dir: Path) -> None:
+    from zraft.security import load_keypair, load_public_key
+
+    for load in (load_keypair, load_public_key):
+        with pytest.raises(FileNotFoundError, match=r"clients/<name>\.key_secret") as missing:
+            load(tmp_dir / "clients" / "client.key_secret")
+        assert str(tmp_dir / "clients" / "client.key_secret") in str(missing.value)
+
+
 def test_curve_setup_from_dir_maps_keys_to_ids(keys: Path) -> None:
     setup = CurveSetup.from_dir(keys, "n2")
     assert setup.public_key == load_public_key(keys / "n2.key")
