@@ -17,14 +17,14 @@ from typing import Any
 
 from zraft.errors import ConfigError
 from zraft.sessions import MAX_SESSION_WINDOW, MAX_SESSIONS
-from zraft.storage.storage import MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
+from zraft.storage.storage import MAX_KEEP_SNAPSHOTS, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES
 
 MIN_FRAME_BYTES = 1 << 16  #: below this even a modest command would not fit a frame
 #: limits on the rest: beyond them a timer overflows or storage refuses at open
 UPPER_BOUNDS = {
     "tick_ms": 60_000,
     "election_ticks": 10_000,
-    "keep_snapshots": 1000,
+    "keep_snapshots": MAX_KEEP_SNAPSHOTS,
     "max_inflight_msgs": 4096,
     "request_timeout_ms": 86_400_000,
     "slow_turn_ms": 86_400_000,

@@ -69,7 +69,7 @@ from zraft.events import Event, EventBus
 from zraft.kv import KV
 from zraft.metrics import Histogram
 from zraft.protocol import ClientReply, ClientRequest
-from zraft.sessions import Reused, SessionLimits, SessionTable, Stale
+from zraft.sessions import Result, Reused, SessionLimits, SessionTable, Stale
 from zraft.statemachine import StateMachine
 from zraft.storage import Storage, StorageFailed
 from zraft.storage.records import REC_HDR_BYTES
@@ -217,6 +217,11 @@ def _membership_problem(m: Membership) -> str:
         if len(m.address(node_id) or "") > codec.MAX_ADDRESS_LEN:
             return f"member {node_id}'s address exceeds {codec.MAX_ADDRESS_LEN} characters"
     return ""
+
+
+def _worth_logging(count: int) -> bool:
+    """A recurring event is logged at its 1st, 2nd, 4th, 8th... time: seen, never a flood."""
+    return count > 0 and count & (count - 1) == 0
 
 
 def _give_up_waiting(fut: asyncio.Future[Outcome], error: str) -> None:
@@ -959,7 +964,7 @@ class Node:
                 self._note_leader_contact()
             if not self._may_speak(msg.frm):
                 self._dropped_non_member += 1
-                if self._dropped_non_member & (self._dropped_non_member - 1) == 0:  # 1,2,4,8..
+                if _worth_logging(self._dropped_non_member):
                     self.log.warning(
                         "bad_message_dropped",
                         reason="not_a_member",
@@ -1404,8 +1409,11 @@ class Node:
             except codec.DecodeError as exc:
                 self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
                 return Outcome(False, error="bad_request", message=str(exc))
-        digest = zlib.crc32(e.data) if client_id and seq else None  # a retry's bytes match
-        remembered = self._sessions.begin(client_id, seq, digest) if client_id and seq else None
+        digest: int | None = None
+        remembered: Result | Stale | Reused | None = None
+        if client_id and seq:
+            digest = zlib.crc32(e.data)  # a retry's bytes are the same: so is its digest
+            remembered = self._sessions.begin(client_id, seq, digest)
         if isinstance(remembered, Stale):
             return Outcome(
                 False,
@@ -1532,11 +1540,13 @@ class Node:
         if self._log_holds(meta.index, meta.term):
             return
         if not self.storage.finish_staged_snapshot(meta):
-            self._snapshots_rejected += 1  # logged at 1, 2, 4, 8...: a bad copy may recur
-            n = self._snapshots_rejected
-            if n & (n - 1) == 0:
+            self._snapshots_rejected += 1  # a bad copy may come again and again
+            if _worth_logging(self._snapshots_rejected):
                 self.log.warning(
-                    "snapshot_rejected", index=meta.index, reason="checksum mismatch", count=n
+                    "snapshot_rejected",
+                    index=meta.index,
+                    reason="checksum mismatch",
+                    count=self._snapshots_rejected,
                 )
             self.core.snapshot_failed(meta)
 
@@ -1991,7 +2001,7 @@ class Node:
         """Say loudly what the core only counts: a follower's log went back below what it
         had acknowledged (logged when it first happens, then at powers of two)."""
         lost = self.core.lost_reports
-        if lost != self._lost_logged and lost & (lost - 1) == 0:
+        if lost != self._lost_logged and _worth_logging(lost):
             self.log.error(
                 "follower_lost_entries",
                 count=lost,

@@ -50,6 +50,7 @@ FSYNC_MODES = ("always", "never")
 MIN_SEGMENT_BYTES = 64
 MAX_SEGMENT_BYTES = 1 << 32
 MAX_RECORD_LIMIT = 1 << 30
+MAX_KEEP_SNAPSHOTS = 1000
 #: one log record (an entry and its 28-byte header): the node caps commands below it
 DEFAULT_MAX_RECORD_BYTES = 16 << 20
 LOG_DIR = "log"
@@ -102,7 +103,7 @@ class Storage:
             raise ValueError(f"segment_bytes out of range: {segment_bytes}")
         if not rec.REC_HDR_BYTES < max_record_bytes <= MAX_RECORD_LIMIT:
             raise ValueError(f"max_record_bytes out of range: {max_record_bytes}")
-        if not 1 <= keep_snapshots <= 1000:
+        if not 1 <= keep_snapshots <= MAX_KEEP_SNAPSHOTS:
             raise ValueError(f"keep_snapshots out of range: {keep_snapshots}")
         if fsync == "never":
             log.warning("storage_fsync_disabled", dir=str(data_dir), note="UNSAFE: tests only")
