@@ -361,6 +361,7 @@ class Client:
         maybe_applied = False
         last_error: ZraftError | None = None
         backoff = RETRY_MIN_S
+        silent = answered = False  # connected yet unanswered / any node answered
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -383,12 +384,14 @@ class Client:
                 backoff = self._on_not_connected(endpoint, backoff, deadline)
                 continue
             if reply is None:
+                silent = True
                 maybe_applied = maybe_applied or kind in _CHANGES
                 self._current += 1
                 last_error = ReadTimeout(f"no answer from {endpoint}")
                 continue
             if reply.ok:
                 return reply.result
+            answered = True
             err = error_from_code(reply.error, reply.message, reply.leader, reply.leader_address)
             if reply.error == "app_error":
                 raise ApplicationError.from_message(reply.message)
@@ -398,7 +401,8 @@ class Client:
                 maybe_applied = maybe_applied or kind in _CHANGES
             last_error = err
             backoff = self._retry_after(reply, backoff, deadline)
-        _give_up(f"{kind} {name!r}", total, maybe_applied, last_error, self.cluster_id)
+        hint = self.cluster_id if silent and not answered else ""
+        _give_up(f"{kind} {name!r}", total, maybe_applied, last_error, hint)
 
     def _request_many(
         self, commands: Sequence[Command], seqs: list[int], timeout: float | None
@@ -410,6 +414,7 @@ class Client:
         maybe_applied = False
         last_error: ZraftError | None = None
         backoff = RETRY_MIN_S
+        silent = answered = False  # connected yet unanswered / any node answered
         while len(results) < len(commands):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -430,6 +435,8 @@ class Client:
                 last_error = ReadTimeout(f"could not connect to {endpoint}")
                 backoff = self._on_not_connected(endpoint, backoff, deadline)
                 continue
+            silent = silent or not replies
+            answered = answered or bool(replies)
             if len(replies) < len(reqs):
                 maybe_applied = True
                 last_error = ReadTimeout(f"no answer from {endpoint} for some commands")
@@ -457,7 +464,13 @@ class Client:
         if len(results) == len(commands):
             return [results[i] for i in range(len(commands))]
         what = f"apply_many: {len(commands) - len(results)} of {len(commands)} commands"
-        _give_up(what, total, maybe_applied, last_error, self.cluster_id)
+        _give_up(
+            what,
+            total,
+            maybe_applied,
+            last_error,
+            self.cluster_id if silent and not answered else "",
+        )
 
     def _exchange_many(
         self, endpoint: str, reqs: list[ClientRequest], timeout: float
@@ -509,12 +522,13 @@ class Client:
 
 
 def _give_up(
-    what: str, total: float, maybe_applied: bool, last: ZraftError | None, cluster_id: str = ""
+    what: str, total: float, maybe_applied: bool, last: ZraftError | None, silent_to: str = ""
 ) -> NoReturn:
-    """The error for a request that ran out of time: never a false failure."""
-    if isinstance(last, ReadTimeout) and str(last).startswith("no answer from") and cluster_id:
-        # connected, yet silent: what a node does with a frame of another cluster
-        last = ReadTimeout(f"{last}; if the nodes are up, is cluster_id {cluster_id!r} the nodes'?")
+    """The error for a request that ran out of time: never a false failure. ``silent_to``
+    is the cluster_id when connected nodes never answered: what a node does with a frame of
+    another cluster (the last attempt may have failed only to reconnect)."""
+    if silent_to:
+        last = ReadTimeout(f"{last}; if the nodes are up, is cluster_id {silent_to!r} the nodes'?")
     if maybe_applied:
         raise UnknownOutcome(
             f"{what}: no definite answer within {total:.1f}s (last: {last}); "
