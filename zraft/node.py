@@ -339,6 +339,8 @@ class Node:
         self._hb_answered: dict[str, float] = {}  #: peer -> when its last heartbeat reply came
         #: callers of transfer_leadership: (target, deliver), answered when it is done
         self._transfers: list[tuple[str, Deliver]] = []
+        #: target-less transfers waiting (until the deadline) for a voter to answer
+        self._transfer_picks: list[tuple[float, Deliver]] = []
         self._lost_logged = 0  #: the core's lost_reports when last looked at
         self._damaged_snapshots = 0  #: storage's snapshots_set_aside() when last looked at
         self._snapshots_rejected = 0  #: received snapshots that failed their checksum
@@ -898,9 +900,10 @@ class Node:
         self._closing = True
         self._run_queued_calls()
         stopped = Outcome(False, error="stopped", message="node stopped")
-        for _, deliver in self._transfers:
+        for _, deliver in [*self._transfers, *self._transfer_picks]:
             deliver(stopped)
         self._transfers.clear()
+        self._transfer_picks.clear()
         for p in self._pending.values():
             p.deliver(
                 Outcome(
@@ -1857,9 +1860,13 @@ class Node:
             return
         if to is None:  # a retried call keeps the target its first attempt chose
             to = self.core.transferee or self._transfer_target()
-            if to is None:
-                message = "no other voter has answered a heartbeat within an election timeout"
+            if to is None and not set(self.core.membership.voters) - {self.config.node_id}:
+                message = "no other voter to hand leadership to"
                 deliver(Outcome(False, error="bad_request", message=message))
+                return
+            if to is None:  # a new leader has heard no heartbeat answer yet: wait for one
+                deadline = time.monotonic() + self._election_timeout_s()
+                self._transfer_picks.append((deadline, deliver))
                 return
         if to == self.config.node_id:
             deliver(Outcome(True, to))  # it leads already
@@ -1874,11 +1881,29 @@ class Node:
         if self.core.role != Role.LEADER:  # TimeoutNow went out and was answered already
             self._answer_transfers()
 
+    def _election_timeout_s(self) -> float:
+        return self.config.tick_ms * self.config.election_ticks / 1000
+
+    def _retry_transfer_picks(self, now: float) -> None:
+        """Start the target-less transfers that now have a voter to pick; fail those that
+        waited an election timeout for one."""
+        picks, self._transfer_picks = self._transfer_picks, []
+        for deadline, deliver in picks:
+            if self.core.role != Role.LEADER:
+                deliver(self._not_leader())
+            elif self.core.transferee or self._transfer_target():
+                self._do_transfer(None, deliver)
+            elif now >= deadline:
+                message = "no other voter has answered a heartbeat within an election timeout"
+                deliver(Outcome(False, error="bad_request", message=message))
+            else:
+                self._transfer_picks.append((deadline, deliver))
+
     def _transfer_target(self) -> str | None:
         """The most caught-up voter among those that answered heartbeats lately: the most
         caught-up of all may be one that just died, its match frozen at the others'."""
         now, status = time.monotonic(), self.core.status()
-        recent_s = self.config.tick_ms * self.config.election_ticks / 1000
+        recent_s = self._election_timeout_s()
         live = [
             (p.match, nid)
             for nid, p in status.progress.items()
@@ -1983,6 +2008,7 @@ class Node:
         self._last_status = self._status()  # what status() answers while we cannot
         self._expire(now)
         self._maybe_promote(now)
+        self._retry_transfer_picks(now)
         self._answer_transfers()
         self._report_lost_state()
         self._replace_damaged_snapshot()

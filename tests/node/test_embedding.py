@@ -296,6 +296,23 @@ def test_transfer_answers_once_done_and_never_picks_a_dead_voter(
     assert new.transfer_leadership(target, timeout=10) == target  # it leads already
 
 
+def test_transfer_without_target_waits_for_a_voter_to_answer(trio: list[zraft.Node]) -> None:
+    """A leader elected a moment ago has no heartbeat answer yet to pick a target by:
+    a target-less transfer waits for one (up to an election timeout) instead of failing."""
+    leader = _wait_leader(trio)
+    leader._post(leader._hb_answered.clear)  # as in the first heartbeat of a new term
+    target = leader.transfer_leadership(timeout=10)
+    assert target != leader.config.node_id and leader.status()["role"] != "leader"
+
+
+def test_transfer_from_a_lone_voter_fails_at_once(tmp_path: Path) -> None:
+    with _single(tmp_path, Counter()) as node:
+        _wait_leader([node])
+        with pytest.raises(zraft.CommandFailed, match="no other voter to hand leadership to"):
+            node.transfer_leadership(timeout=10)
+        assert node.status()["role"] == "leader"
+
+
 def test_asyncio_apply_and_query(trio: list[zraft.Node]) -> None:
     leader = _wait_leader(trio)
 
