@@ -546,9 +546,11 @@ def test_a_long_inbound_queue_is_stepped_over_several_turns(tmp_path: Path) -> N
             sock.close()
         assert all(isinstance(r, ClientReply) and r.ok for r in replies), replies[:3]
         assert sorted(r.result for r in replies) == list(range(1, 301))
-        turn = node.status()["metrics"]["turn"]
-    # half of max_turn_ms on inbound, then at most one more slice of 16 (32 ms)
-    assert turn["max_ms"] < 200, turn
+        batch = node.status()["metrics"]["append_batch"]
+    # a turn steps one slice of 16 (32 ms of work is past half of max_turn_ms) and stops:
+    # each turn's proposals are one append. (Not a bound on turn time: a busy host
+    # stretches the 2 ms of work, not the number of requests a turn takes on.)
+    assert batch["max"] <= 16 and batch["count"] >= 300 // 16, batch
 
 
 def test_automatic_snapshots_are_jittered_per_node(tmp_path: Path) -> None:
