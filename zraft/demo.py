@@ -61,7 +61,7 @@ def run_demo(nodes: int = 3, writes: int = 300, keep: bool = False, base_port: i
                 return 1
             _say(f"all {writes} writes read back (linearizable reads through the leader)")
             target = client.query("size")
-            cluster.wait_applied(int(cluster.statuses()[new_leader]["commit"]), timeout=30)
+            cluster.wait_applied(int(cluster.status_of(new_leader)["commit"]), timeout=30)
         with cluster.client(timeout=5) as status_client:
             rows = cluster_status(status_client)
         print(format_table(rows, STATUS_COLUMNS), flush=True)

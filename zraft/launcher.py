@@ -207,6 +207,19 @@ class LocalCluster:
                     out[node.node_id] = c.status(node.address, timeout=timeout)
         return out
 
+    def status_of(self, node_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """One node's status, asked again until it answers (a busy node may miss the
+        second :meth:`statuses` gives each); TimeoutError if it never does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.nodes[node_id].alive():
+                raise RuntimeError(f"{node_id} is not running: {self.last_errors()}")
+            with self.client(timeout=1.0) as c, contextlib.suppress(ZraftError):
+                status: dict[str, Any] = c.status(self.nodes[node_id].address, timeout=1.0)
+                return status
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{node_id} did not answer a status request in {timeout}s")
+
     def wait_for_leader(self, timeout: float = 30.0, exclude: str | None = None) -> str:
         """Poll until one live node reports itself leader and the others agree or are silent."""
         deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,9 +47,18 @@ def test_goraft_style_example() -> None:
     assert "read: hello" in res.stdout and "removed: True" in res.stdout
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_kv_cluster_and_client(tmp_path: Path) -> None:
     port = free_ports(1)[0]
-    while port > 60000:  # three consecutive ports must exist
+    while port > 60000 or not _free(port + 1) or not _free(port + 2):  # three in a row
         port = free_ports(1)[0]
     eps_file = tmp_path / "endpoints"
     proc = subprocess.Popen(

@@ -57,7 +57,7 @@ def _prepare(cluster: LocalCluster) -> tuple[str, str, str, Client]:
     leader = cluster.wait_for_leader(timeout=30)
     client = cluster.client(timeout=30)
     _write(client, 0, WRITES)
-    commit = cluster.statuses()[leader]["commit"]
+    commit = cluster.status_of(leader)["commit"]
     cluster.wait_applied(commit, timeout=30)
     victim, other = sorted(n for n in cluster.nodes if n != leader)
     cluster.kill(victim, signal.SIGKILL)
@@ -93,7 +93,7 @@ def test_torn_tail_is_cut_and_the_short_log_never_leads(cluster: LocalCluster) -
         _assert_complete(client, WRITES)
         _write(client, WRITES, WRITES + 10)
         cluster.start(leader)
-        commit = cluster.statuses()[new_leader]["commit"]
+        commit = cluster.status_of(new_leader)["commit"]
         cluster.wait_applied(commit, timeout=30)
         _assert_complete(client, WRITES + 10)
     sts = cluster.statuses()

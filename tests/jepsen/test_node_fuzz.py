@@ -261,7 +261,7 @@ def test_live_nodes_survive_mutated_messages(cluster: LocalCluster) -> None:
                 assert client.query("get", k) == v, f"{k} changed by malformed input"
             client.apply("put", "after", "fuzz")
             assert client.query("get", "after") == "fuzz"
-        commit = cluster.statuses()[leader]["commit"]
+        commit = cluster.status_of(leader)["commit"]
         want = {**KEYS, "after": "fuzz"}
         views = _state_everywhere(cluster, commit)
         for nid, view in views.items():
@@ -297,10 +297,10 @@ def test_non_member_append_in_current_term_does_not_split_a_follower(
     leader = cluster.wait_for_leader(timeout=30)
     with cluster.client(timeout=30) as client:
         client.apply("put", "k0", "v0")
-        commit = cluster.statuses()[leader]["commit"]
+        commit = cluster.status_of(leader)["commit"]
         cluster.wait_applied(commit, timeout=30)
         victim = next(n for n in sorted(cluster.nodes) if n != leader)
-        st_v = cluster.statuses()[victim]
+        st_v = cluster.status_of(victim)
         last = st_v["last_index"]
         forged = AppendEntries(
             st_v["term"],
@@ -313,7 +313,7 @@ def test_non_member_append_in_current_term_does_not_split_a_follower(
         )
         _send_as(cluster, b"n9", victim, forged)
         client.apply("put", "k1", "v1")
-        commit = cluster.statuses()[leader]["commit"]
+        commit = cluster.status_of(leader)["commit"]
         cluster.wait_applied(commit, timeout=15)  # the victim must catch up again
     with Client([cluster.nodes[victim].address], cluster_id=CLUSTER_ID, timeout=10) as one:
         got = {k: one.query("get", k, consistency="local") for k in ("k0", "k1")}

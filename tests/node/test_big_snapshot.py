@@ -33,7 +33,7 @@ def test_hundred_megabyte_state_installs_in_chunks(tmp_path: Path) -> None:
                 c.apply("put", f"blob-{i}", value[i:] + value[:i])
             index = c.take_snapshot(cluster.nodes[leader].address, timeout=120)
         assert index >= STATE_MB
-        st = cluster.statuses()[leader]
+        st = cluster.status_of(leader)
         assert st["first_index"] > index - 10, "the leader's log was not compacted"
         started = time.monotonic()
         node = cluster.add_node("n4")

@@ -464,11 +464,13 @@ def test_a_slow_turn_is_logged_with_where_the_time_went(tmp_path: Path) -> None:
     with capture_logs() as logs, zraft.Node(cfg, Slow()) as node:
         _wait_leader([node])
         node.apply("add", 1, timeout=10)
-        assert not [e for e in logs if e["event"] == "slow_turn"], "a quick command is quiet"
+        # (a busy host may make a first fsync or election turn slow: not the command's)
+        applying = [e for e in logs if e["event"] == "slow_turn" and e["apply_ms"] >= 100]
+        assert not applying, "a quick command is quiet"
         node.apply("crawl", 0.3, timeout=10)
-    slow = [e for e in logs if e["event"] == "slow_turn"]
+    slow = [e for e in logs if e["event"] == "slow_turn" and e["apply_ms"] >= 290]
     assert slow, "the 300 ms handler made a turn longer than slow_turn_ms"
-    assert slow[0]["total_ms"] >= 300 and slow[0]["apply_ms"] >= 290, slow[0]
+    assert slow[0]["total_ms"] >= 300, slow[0]
 
 
 async def _behind_a_crawl(
@@ -850,8 +852,8 @@ def test_status_times_client_commands_from_request_to_reply(trio: list[zraft.Nod
     leader.apply("add", 1)  # in-process: no request off the socket, not counted
     assert leader.status()["metrics"]["command"]["count"] == 0
     longest_s = 0.0
-    with zraft.Client([leader.config.address]) as c:
-        for _ in range(10):
+    with zraft.Client([leader.config.address], timeout=60, attempt_timeout=30) as c:
+        for _ in range(10):  # (no resend on a slow host: each is sent once)
             started = time.monotonic()
             c.apply("add", 1)
             longest_s = max(longest_s, time.monotonic() - started)

@@ -84,7 +84,7 @@ def test_grow_to_five_then_shrink_by_removing_leader(tmp_path: Path) -> None:
             while marker.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)  # process-level test: bounded wait for the reactor
             assert not marker.exists(), "n4 still waits to vote after it was promoted"
-            assert cluster.statuses()["n4"]["joining"] is False
+            assert cluster.status_of("n4")["joining"] is False
             cluster.add_node("n5")
             _wait_voters(cluster, ["n1", "n2", "n3", "n4", "n5"])
             leader = cluster.wait_for_leader(timeout=30)
@@ -138,7 +138,7 @@ def test_wiped_node_catches_up_by_snapshot_and_disk_stays_bounded(tmp_path: Path
             w.join()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            st = cluster.statuses()[leader]
+            st = cluster.status_of(leader)
             if st["snapshot_index"] >= 47_000 and st["first_index"] > 40_000:
                 break
             time.sleep(0.2)
@@ -152,7 +152,7 @@ def test_wiped_node_catches_up_by_snapshot_and_disk_stays_bounded(tmp_path: Path
         assert seg_bytes < 8 * segment_bytes, f"log not bounded: {seg_bytes} bytes of segments"
         cluster.start(victim)
         cluster.wait_applied(st["commit"], [victim], timeout=60)
-        assert cluster.statuses()[victim]["snapshot_index"] > 0, "caught up without a snapshot"
+        assert cluster.status_of(victim)["snapshot_index"] > 0, "caught up without a snapshot"
         with cluster.client(timeout=30) as c:
             assert c.query("get", "t7-4999") == 4999
 

@@ -45,7 +45,7 @@ def test_three_nodes_elect_apply_failover_and_catch_up(cluster3: LocalCluster) -
         for i in range(80):
             assert client.query("get", f"k{i}") == i, f"acknowledged write k{i} lost"
         cluster3.start(leader)
-        commit = cluster3.statuses()[new_leader]["commit"]
+        commit = cluster3.status_of(new_leader)["commit"]
         cluster3.wait_applied(commit, [leader], timeout=30)
         assert client.query("get", "k79", consistency="linearizable") == 79
 
@@ -202,14 +202,14 @@ def test_a_leader_stopped_and_continued_keeps_its_term_when_no_other_quorum_form
     with cluster3.client(timeout=30) as client:
         _write_keys(client, 0, 5)
         cluster3.kill(down)
-        term = cluster3.statuses()[leader]["term"]
+        term = cluster3.status_of(leader)["term"]
         cluster3.kill(leader, signal.SIGSTOP)
         try:
             time.sleep(3.0)  # the fault: the live follower times out and pre-votes in vain
         finally:
             cluster3.kill(leader, signal.SIGCONT)
         _write_keys(client, 5, 10)
-        sts = cluster3.statuses()
-        assert sts[leader]["role"] == "leader" and sts[leader]["term"] == term
-        assert sts[live]["term"] == term
+        resumed = cluster3.status_of(leader)
+        assert resumed["role"] == "leader" and resumed["term"] == term
+        assert cluster3.status_of(live)["term"] == term
         assert [client.query("get", f"k{i}") for i in range(10)] == list(range(10))

@@ -53,6 +53,7 @@ def test_a_snapshot_inside_a_followers_uncommitted_tail_replaces_that_tail(
         snapshot_entries=0,  # only the snapshot taken below
         snapshot_trailing=0,  # and compacted right after it: a follower needs it
         segment_bytes=1024,
+        check_quorum=False,  # the cut-off leader must go on appending orphans however slow
     )
     peers = ("n1", "n2", "n3")
 
@@ -134,7 +135,7 @@ def test_a_follower_catches_up_by_snapshot_while_the_leader_keeps_snapshotting(
         thread.start()
         late = node("n3")
         running.append(late)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # 4.5 s here idle, 10.5 s with the cores busy
         while late.status()["snapshot_index"] == 0:
             assert time.monotonic() < deadline, "the snapshot transfer never finished"
             time.sleep(0.1)

@@ -157,6 +157,7 @@ def test_cluster_commands_against_a_live_cluster(tmp_path: Path) -> None:
         with cluster.client(timeout=30) as c:
             for i in range(20):
                 c.apply("put", f"k{i}", i)
+        cluster.wait_applied(cluster.status_of(leader)["commit"], timeout=30)  # followers too
         res = zraft("status", "--endpoints", eps)
         assert res.returncode == 0, res.stderr
         lines = res.stdout.strip().splitlines()
@@ -263,7 +264,7 @@ def test_damaged_log_refused_then_repaired(tmp_path: Path) -> None:
         assert rep.returncode == 0, rep.stderr
         assert "cut" in rep.stdout
         cluster.start(victim)
-        commit = cluster.statuses()[leader]["commit"]
+        commit = cluster.status_of(leader)["commit"]
         cluster.wait_applied(commit, [victim], timeout=60)
         with cluster.client(timeout=30) as c:
             assert [c.query("get", f"k{i}") for i in range(200)] == list(range(200))
