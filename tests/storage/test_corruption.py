@@ -203,6 +203,45 @@ def test_damage_a_checkpoint_shows_was_synced_is_refused_even_if_it_looks_torn(
         assert all_entries(st) == ents(1, 1, 51)
 
 
+@pytest.mark.parametrize("keep", ["record boundary", "header only", "nothing"])
+def test_a_tail_cut_short_below_its_checkpoint_is_refused(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, keep: str
+) -> None:
+    """A file that simply ends, at a record boundary or inside its header, holds no bad
+    bytes to look at: only the checkpoint knows synced records were there (found in
+    review: the open succeeded with 20, or 0, of 49 synced entries)."""
+    from zraft.storage import log as seglog
+
+    monkeypatch.setattr(seglog, "CHECKPOINT_BYTES", 256)
+    with Storage.open(data_dir, segment_bytes=1 << 20) as st:
+        st.append(ents(1, 1, 50))
+        st.sync()  # a checkpoint now covers all 49 records
+    tail = segments(data_dir)[-1]
+    size = {"record boundary": record_offsets(tail)[20], "header only": rec.SEG_HDR_BYTES}
+    os.truncate(tail, size.get(keep, 0))
+    with pytest.raises(CorruptLog, match="a checkpoint shows were synced"):
+        Storage.open(data_dir, segment_bytes=1 << 20)
+
+
+def test_a_cut_inside_the_tail_then_a_crash_still_opens(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """truncate_suffix drops the tail's checkpoint (durably) before it cuts the file: a
+    copy taken right after the cut, as a crash leaves it, is not mistaken for damage."""
+    import shutil
+
+    from zraft.storage import log as seglog
+
+    monkeypatch.setattr(seglog, "CHECKPOINT_BYTES", 256)
+    with Storage.open(data_dir, segment_bytes=1 << 20) as st:
+        st.append(ents(1, 1, 50))
+        st.sync()
+        st.append(ents(2, 30, 35))  # a new leader's entries replace 30..49
+        shutil.copytree(data_dir, tmp_path / "crashed")
+    with Storage.open(tmp_path / "crashed", segment_bytes=1 << 20) as st:
+        assert all_entries(st)[:29] == ents(1, 1, 30)
+
+
 def test_truncated_sealed_segment_is_corrupt(data_dir: Path) -> None:
     build(data_dir)
     victim = segments(data_dir)[1]

@@ -96,6 +96,10 @@ def recover(
         for _base, path in reversed([f for f in files if f[0] > marker]):
             _remove_segment(path)
         files = [f for f in files if f[0] <= marker]
+        if files:  # the segment being cut: its checkpoint may predate the cut (see _load)
+            _unlink_quiet(files[-1][1].with_suffix(".idx"))
+            if durable:
+                fsync_dir(directory)
     loaded = _load_all(files, opts, repair, discards)
     if marker is not None:
         if loaded and loaded[-1].seg.base <= marker <= loaded[-1].seg.last:
@@ -147,11 +151,17 @@ def _load(path: Path, base: int, prev: _Loaded | None, tail: bool, opts: _Opts) 
     buf = path.read_bytes()
     header = rec.decode_segment_header(buf)
     if header is None:
-        if tail and (len(buf) <= rec.SEG_HDR_BYTES or buf.count(0) == len(buf)):
+        # a new segment's header is its first write: torn, only zeros (or nothing) follow it
+        rest_zero = buf.count(0, rec.SEG_HDR_BYTES) == max(0, len(buf) - rec.SEG_HDR_BYTES)
+        synced = _synced_watermark(path, base) if tail else 0
+        if tail and rest_zero and synced <= rec.SEG_HDR_BYTES:
             log.warning("storage_torn_tail_cut", file=str(path), offset=0, reason="torn header")
             _remove_segment(path)
             return None
-        raise CorruptLog(f"{path}: bad segment header at offset 0", path=str(path), offset=0)
+        where = f"{path}: bad segment header at offset 0"
+        if synced > rec.SEG_HDR_BYTES:
+            where += f", inside the first {synced} bytes a checkpoint shows were synced"
+        raise CorruptLog(where, path=str(path), offset=0)
     hbase, prev_term = header
     _check_chain(path, base, hbase, prev_term, prev)
     known = _load_from_index(path, buf, base, prev_term, opts, sealed=not tail)
@@ -166,11 +176,24 @@ def _load(path: Path, base: int, prev: _Loaded | None, tail: bool, opts: _Opts) 
     elif tail:
         synced = _synced_watermark(path, base)
     res = rec.scan_records(buf, start, first, last_term, opts.max_record_bytes)
-    if res.end < len(buf):
-        where = f"{path}: {res.bad_reason} at offset {res.end}"
-        if res.end < synced:  # looks torn or not, these bytes were durable once
-            where += f", inside the first {synced} bytes a checkpoint shows were synced"
-        if not (tail and res.torn) or res.end < synced:
+    if synced > res.end:  # cut short, or damaged, below what a checkpoint says was synced
+        why = res.bad_reason or "file ends"
+        raise CorruptLog(
+            f"{path}: {why} at offset {res.end}, inside the first {synced} bytes a checkpoint"
+            " shows were synced",
+            path=str(path),
+            offset=res.end,
+        )
+    zeros_after = tail and buf.count(0, res.end) == len(buf) - res.end
+    if res.end < len(buf) and zeros_after:
+        # only zeros follow: the rest of a zero-filled file (log._Prefiller), where an
+        # interrupted write left nothing behind either. (A sealed segment never has them:
+        # it is cut to its last record before its successor exists.)
+        log.info("storage_prefilled_tail_trimmed", file=str(path), offset=res.end)
+        _truncate_file(path, res.end, opts.durable)
+    elif res.end < len(buf):
+        if not (tail and res.torn):
+            where = f"{path}: {res.bad_reason} at offset {res.end}"
             raise CorruptLog(where, path=str(path), offset=res.end)
         log.warning(
             "storage_torn_tail_cut",
