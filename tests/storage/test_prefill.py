@@ -137,3 +137,18 @@ def test_a_spare_whose_header_write_tore_is_cut_as_torn(data_dir: Path) -> None:
         ]
     finally:
         again.close()
+
+
+def test_no_spare_on_a_nearly_full_disk(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log's own appends must not be the ones to meet ENOSPC for a spare's sake."""
+    monkeypatch.setattr(seglog, "PREFILL_FREE_FACTOR", 1 << 40)  # no disk is that free
+    st = Storage.open(data_dir, segment_bytes=SEGMENT_BYTES)
+    try:
+        with capture_logs() as logs:
+            _fill_until_roll(st)
+        assert [e for e in logs if e["event"] == "storage_prefill_skipped"]
+        assert not (data_dir / "log" / seglog.SPARE_NAME).exists()
+        active = _segments(data_dir / "log")[-1]
+        assert active.stat().st_size == st._log._segs[-1].end, "appended as before"
+    finally:
+        st.close()

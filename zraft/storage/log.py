@@ -55,6 +55,9 @@ PREFILL_MAX_BYTES = 256 << 20  #: the most of a segment filled ahead (the rest a
 PREFILL_CHUNK_BYTES = 1 << 20  #: zeros per write; flushed every PREFILL_FLUSH_CHUNKS
 PREFILL_FLUSH_CHUNKS = 4
 PREFILL_PAUSE_S = 0.002  #: between flushes: the log's own fsyncs go first
+#: no spare unless the disk keeps this many times its size free: on a filling disk the
+#: log's own appends must not be the ones to hit ENOSPC because a spare took the space
+PREFILL_FREE_FACTOR = 4
 SPARE_NAME = "next.seg.tmp"  #: a *.tmp: recovery removes it, half-filled or not
 
 
@@ -195,6 +198,10 @@ class _Prefiller:
     def _fill(self) -> None:
         zeros = bytes(PREFILL_CHUNK_BYTES)
         try:
+            fs = os.statvfs(self.path.parent)
+            if fs.f_bavail * fs.f_frsize < PREFILL_FREE_FACTOR * self.size:
+                log.info("storage_prefill_skipped", reason="disk nearly full", size=self.size)
+                return
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 done = 0
