@@ -683,12 +683,20 @@ class Node:
                 " (a running one, also for a node added with `zraft members add`)"
             )
         self.storage.claim(cfg.node_id, cfg.cluster_id)
+        self.storage.check_hard_state_present()
         if self.storage.is_empty():
             if cfg.join:  # before anything lands in the log: see Raft.await_join
                 self.storage.set_joining(None)
             if cfg.peers:
                 self.storage.bootstrap(Membership(voters=dict(cfg.peers)))
                 self.log.info("cluster_bootstrapped", voters=sorted(cfg.peers))
+        elif (
+            cfg.peers
+            and not cfg.join
+            and not self.storage.joining()[0]
+            and self.storage.readopt_bootstrap(Membership(voters=dict(cfg.peers)))
+        ):
+            pass  # a repaired hard state had lost it (logged by the storage)
         elif cfg.peers:
             self.log.info("bootstrap_ignored", reason="data dir already holds state")
         self._restore_from_snapshot()

@@ -1114,3 +1114,21 @@ def test_a_waiter_for_an_overwritten_entry_is_not_answered_by_the_config_there()
     waiter.deliver(Outcome(True, 4))  # the configuration entry applies
     assert answers["retry"].ok and answers["retry"].result == 4
     assert answers["stale"].error == "not_leader", "answered once, with the truth"
+
+
+def test_a_log_whose_hard_state_file_is_gone_is_refused(tmp_path: Path) -> None:
+    """Without it the node would start at term 0 with no vote, and could vote a second
+    time in a term it had voted in (found in a storage review)."""
+    from zraft.storage.errors import CorruptHardState
+
+    with _single(tmp_path, Counter()) as node:
+        _wait_leader([node])
+        node.apply("add", 1, timeout=10)
+    (tmp_path / "solo" / "hardstate").unlink()
+    with pytest.raises(CorruptHardState, match="term and vote it held are lost"):
+        _single(tmp_path, Counter()).start()
+    report = zraft.storage.repair(tmp_path / "solo", reset_hard_state=True)  # past every term
+    assert "missing" in report.hard_state_error and report.hard_state_reset
+    with _single(tmp_path, Counter()) as again:
+        _wait_leader([again])
+        assert again.query("read") == 1

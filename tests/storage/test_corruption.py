@@ -373,3 +373,28 @@ def test_zeroed_pages_at_the_tail_are_cut_as_torn(data_dir: Path) -> None:
     with capture_logs() as logs, Storage.open(data_dir) as st:
         assert all_entries(st) == ents(1, 1, 41)
     assert any(e["event"] == "storage_torn_tail_cut" and e["offset"] == offs[40] for e in logs)
+
+
+def test_a_truncation_marker_below_the_first_segment_is_refused_not_applied(
+    data_dir: Path,
+) -> None:
+    """A cut never goes below the first entry; applying such a marker (from a copied or
+    restored dir) deleted every segment and opened an empty log with a warning."""
+    from zraft.storage import log as seglog
+    from zraft.storage import repair
+
+    with Storage.open(data_dir, segment_bytes=1024) as st:
+        st.append(ents(1, 1, 100))
+        st.sync()
+        st.write_snapshot(50, 1, Membership(), [b"state"])
+        st.compact(50)
+        st.wait_deletions()
+        kept = all_entries(st)
+    assert kept[0].index > 1
+    seglog.write_marker(data_dir / "log", 1, durable=True)
+    with pytest.raises(CorruptLog, match="below the log's first segment"):
+        Storage.open(data_dir, segment_bytes=1024)
+    report = repair(data_dir)
+    assert any("below the log's first segment" in d.reason for d in report.cuts)
+    with Storage.open(data_dir, segment_bytes=1024) as st:
+        assert all_entries(st) == kept

@@ -91,6 +91,19 @@ def recover(
     files = list_segments(directory)
     discards: list[Discarded] = []
     marker = _read_marker(directory, repair, discards)
+    if marker is not None and files and marker < files[0][0]:
+        # a cut never goes below the first entry (compaction waits for it): a marker from
+        # elsewhere (a copied or restored dir) would delete every segment
+        err = CorruptLog(
+            f"{directory / TRUNCATE_MARKER}: resumes a cut at index {marker}, below the log's"
+            f" first segment ({files[0][0]}); not applying it",
+            path=str(directory / TRUNCATE_MARKER),
+        )
+        if not repair:
+            raise err
+        os.unlink(directory / TRUNCATE_MARKER)  # the log stays; the stray marker goes
+        discards.append(Discarded(err.path, 0, str(err)))
+        marker = None
     if marker is not None:
         log.warning("storage_truncation_resumed", index=marker, dir=str(directory))
         for _base, path in reversed([f for f in files if f[0] > marker]):

@@ -103,7 +103,9 @@ def repair(
 
 def _repair_hard_state(path: Path, report: RepairReport, reset: bool, top_term: int) -> None:
     try:
-        hardstate.load(path)
+        missing = hardstate.load(path) is None and report.last_index > 0
+        if missing and reset:  # a node refuses it (Storage.check_hard_state_present)
+            raise CorruptHardState(f"{path / hardstate.FILE_NAME}: missing beside a log")
     except CorruptHardState as err:
         report.hard_state_error = str(err)
         if reset:

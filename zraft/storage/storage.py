@@ -35,6 +35,7 @@ from zraft.storage import fileutil, hardstate
 from zraft.storage import records as rec
 from zraft.storage.errors import (
     AlreadyBootstrapped,
+    CorruptHardState,
     CorruptLog,
     DataDirLocked,
     DataDirMismatch,
@@ -283,6 +284,21 @@ class Storage:
             self._hard = new
         log.info("storage_bootstrapped", voters=sorted(membership.voters))
 
+    def readopt_bootstrap(self, membership: Membership) -> bool:
+        """Give a data dir whose bootstrap membership was lost (a hard state rewritten by
+        ``repair(reset_hard_state=True)``) the one it was started with, if nothing else
+        names members (no CONFIG entry, no snapshot); True if adopted."""
+        if self._hard is None or self._hard.bootstrap is not None:
+            return False
+        if self._log.last_config_index() or self._snaps.newest() is not None:
+            return False
+        new = hardstate.Persisted(self._hard.hard_state, membership)
+        with self._writing("readopt_bootstrap"):
+            hardstate.store(self.dir, new, durable=self._durable)
+            self._hard = new
+        log.warning("storage_bootstrap_readopted", voters=sorted(membership.voters))
+        return True
+
     def bootstrap_membership(self) -> Membership:
         """The membership given at bootstrap (in force before any CONFIG entry), or empty."""
         if self._hard and self._hard.bootstrap is not None:
@@ -356,6 +372,22 @@ class Storage:
             raise DataDirMismatch(
                 f"{self.dir} holds the state of a cluster of {sorted(members)}, which does"
                 f" not include {node_id!r}; point this node at its own data dir"
+            )
+
+    def check_hard_state_present(self) -> None:
+        """Refuse a log or snapshot whose hard-state file is gone: its term and vote are
+        unknown, and a node starting at term 0 could vote twice in a term it voted in.
+
+        Only for a node's own data dir (the storage API alone may hold entries without
+        ever having stored a hard state)."""
+        if self._hard is None and (self._log.last_index() > 0 or self._snaps.newest()):
+            path = self.dir / hardstate.FILE_NAME
+            raise CorruptHardState(
+                f"{path}: missing beside a log up to index {self._log.last_index()}; the term"
+                " and vote it held are lost. Restore it from a backup, re-provision this"
+                " node (an empty data dir, started with --join), or, if every peer is known"
+                " to be past its last term, `zraft repair --reset-hard-state`",
+                path=str(path),
             )
 
     def is_empty(self) -> bool:
