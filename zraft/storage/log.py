@@ -265,6 +265,11 @@ class _Syncer:
         with self._cv:
             return self._wanted > self._durable and self._error is None
 
+    def flushed(self) -> int:
+        """How far the log is known durable, without raising a flush's failure."""
+        with self._cv:
+            return self._durable
+
     def pause(self) -> None:
         """Wait out a running flush and drop what is wanted: the caller flushes itself.
 
@@ -598,6 +603,7 @@ class SegmentLog:
         if self.durable and self._fd >= 0:
             self._timed_fdatasync(self._fd)
             fsync_dir(self.dir)
+            self._syncer.set_durable(self.last_index())
 
     def fsync_histogram(self) -> Histogram:
         """Every flush of appended entries so far (batch syncs, segment seals, the helper
@@ -835,6 +841,22 @@ class SegmentLog:
         self._fd = os.open(segs[-1].path, os.O_RDWR)
         self._active_crc = active_crc
 
+    def cut_unflushed(self) -> None:
+        """After a failed flush: cut the active segment back to what is known durable.
+
+        The kernel may have dropped the failed pages' writes while its page cache still
+        shows them (marked clean, Linux >= 4.13): a reopened log would read them back and
+        a later fsync would succeed without writing them. So they go. Memory is not
+        trimmed: the storage is failed, and recover_writes or a reopen rebuilds it."""
+        if not self.durable or not self._segs or self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            self._syncer.pause()
+        active = self._segs[-1]
+        durable = self._syncer.flushed()
+        if durable < active.last:
+            os.ftruncate(self._fd, active.offsets[max(durable + 1, active.base) - active.base])
+
     def rollback_unrecorded(self) -> None:
         """Remove bytes and segment files a failed write left beyond what memory records.
 
@@ -850,10 +872,11 @@ class SegmentLog:
             base = rec.parse_segment_name(name)
             if base is not None and base > active.base:
                 self._drop_segment_file(Segment(self.dir / name, base, 0))
+        self.cut_unflushed()
         if self._fd >= 0 and os.fstat(self._fd).st_size > active.end:
             os.ftruncate(self._fd, active.end)
-            if self.durable:
-                os.fdatasync(self._fd)
+        if self.durable and self._fd >= 0:
+            os.fdatasync(self._fd)
 
     def close(self) -> None:
         """Release every fd even when a helper thread's failure is raised from here."""

@@ -199,6 +199,8 @@ class Storage:
         except OSError as err:
             self._failed = f"{op}: {err}"
             log.error("storage_failed", op=op, errno=err.errno, error=str(err), dir=str(self.dir))
+            with contextlib.suppress(OSError):  # and cut what no flush made durable
+                self._log.cut_unflushed()
             raise StorageFailed(self._failed) from err
 
     def append(self, entries: Sequence[Entry]) -> None:
