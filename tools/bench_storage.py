@@ -27,51 +27,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zraft.core.types import Entry, EntryType
 from zraft.storage import Storage
-from zraft.storage import log as seglog
 
 MAX_SECONDS = 60.0
 MAX_OPEN_SIZE = 10_000_000
 
 
-def bench_appends(
-    root: Path, batch: int, entry_bytes: int, seconds: float, segment_bytes: int
-) -> dict[str, Any]:
-    """Append+sync batches of ``batch`` entries for ``seconds`` with fsync="always".
-
-    Untimed first: one segment's worth, so the timed appends land in the second segment
-    (a zero-filled spare unless prefill is off), as in a log that has been running."""
+def bench_appends(root: Path, batch: int, entry_bytes: int, seconds: float) -> dict[str, Any]:
+    """Append+sync batches of ``batch`` entries for ``seconds`` with fsync="always"."""
     d = root / f"append-{batch}"
     data = os.urandom(entry_bytes)
-    with Storage.open(d, segment_bytes=segment_bytes) as st:
-        index = 1
-        while st.segment_count() < 2:
-            st.append([Entry(1, index + k, EntryType.NORMAL, data) for k in range(256)])
-            st.sync()
-            index += 256
-            if st.segment_count() == 1 and st._log._prefill is not None:
-                spare = st._log._prefill._thread  # a writer that fast outruns the fill
-                if spare is not None:
-                    spare.join()
-        syncs, lat_us = 0, []
+    with Storage.open(d) as st:
+        index, syncs = 1, 0
         started = time.perf_counter()
         deadline = started + seconds
-        first = index
         while time.perf_counter() < deadline:
             st.append([Entry(1, index + k, EntryType.NORMAL, data) for k in range(batch)])
-            t = time.perf_counter_ns()
             st.sync()
-            lat_us.append((time.perf_counter_ns() - t) / 1000)
             index, syncs = index + batch, syncs + 1
         elapsed = time.perf_counter() - started
     shutil.rmtree(d)
-    lat_us.sort()
     return {
         "batch": batch,
-        "entries_per_s": round((index - first) / elapsed),
+        "entries_per_s": round((index - 1) / elapsed),
         "syncs_per_s": round(syncs / elapsed, 1),
         "mean_sync_ms": round(elapsed / syncs * 1000, 3),
-        "sync_p50_ms": round(lat_us[len(lat_us) // 2] / 1000, 3),
-        "sync_p99_ms": round(lat_us[int(len(lat_us) * 0.99)] / 1000, 3),
     }
 
 
@@ -130,17 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segment-bytes", type=int, default=64 << 20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument(
-        "--no-prefill", action="store_true", help="segments grow as written (no zero-filled spare)"
-    )
     args = p.parse_args(argv)
     # an application configures logging: keep warnings, on stderr, off the table
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(30),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    if args.no_prefill:
-        seglog.PREFILL_MIN_SEGMENT_BYTES = 1 << 62
     if not 0 < args.seconds <= MAX_SECONDS:
         p.error(f"--seconds must be in (0, {MAX_SECONDS}]")
     sizes = [int(x) for x in args.open_sizes.split(",") if x]
@@ -149,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="zraft-bench-", dir=args.dir))
     try:
         appends = [
-            bench_appends(root, int(b), args.entry_bytes, args.seconds, args.segment_bytes)
+            bench_appends(root, int(b), args.entry_bytes, args.seconds)
             for b in args.batches.split(",")
             if b
         ]
@@ -163,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_model(),
         "python": platform.python_version(),
         "entry_bytes": args.entry_bytes,
-        "segment_bytes": args.segment_bytes,
-        "prefill": not args.no_prefill,
         "appends_fsync_always": appends,
         "open": opens,
     }
@@ -177,12 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"cpu: {r['cpu']} x{r['nproc']}  python {r['python']}  entry {r['entry_bytes']} B")
-    print(f"segment {r['segment_bytes']} B, prefill {'on' if r['prefill'] else 'off'}")
-    print(f"{'batch':>6} {'entries/s':>12} {'syncs/s':>9} {'ms/sync':>9} {'p50':>7} {'p99':>7}")
+    print(f"{'batch':>6} {'entries/s':>12} {'syncs/s':>9} {'ms/sync':>9}")
     for a in r["appends_fsync_always"]:
         row = (a["batch"], a["entries_per_s"], a["syncs_per_s"], a["mean_sync_ms"])
-        pct = (a["sync_p50_ms"], a["sync_p99_ms"])
-        print(f"{row[0]:>6} {row[1]:>12} {row[2]:>9} {row[3]:>9} {pct[0]:>7} {pct[1]:>7}")
+        print(f"{row[0]:>6} {row[1]:>12} {row[2]:>9} {row[3]:>9}")
     print(f"{'entries':>9} {'segments':>9} {'MiB':>7} {'open ms':>9} {'max ms':>8}")
     for o in r["open"]:
         cols = (o["entries"], o["segments"], o["disk_mib"], o["open_ms_median"], o["open_ms_max"])

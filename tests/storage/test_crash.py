@@ -29,8 +29,6 @@ from zraft.storage import Storage
 from zraft.storage import log as seglog
 
 seglog.CHECKPOINT_BYTES = 1024  # index checkpoints of the tail get killed part way too
-if int(sys.argv[2]) % 2:  # every other run rolls into zero-filled spares, killed mid-fill too
-    seglog.PREFILL_MIN_SEGMENT_BYTES = 1024
 rng = random.Random(int(sys.argv[2]))
 st = Storage.open(sys.argv[1], segment_bytes=4096)
 last = st.last_index()

@@ -48,17 +48,6 @@ ENTRY_OVERHEAD_BYTES = 16
 #: bytes (after a sync), so opening scans at most this much of the tail record by
 #: record, and damage before the last checkpoint is never taken for a torn write.
 CHECKPOINT_BYTES = 1 << 20
-#: Segments at least this large get their successor's file zero-filled ahead of time
-#: (see _Prefiller); smaller ones roll too often for the extra writes to pay.
-PREFILL_MIN_SEGMENT_BYTES = 8 << 20
-PREFILL_MAX_BYTES = 256 << 20  #: the most of a segment filled ahead (the rest appends)
-PREFILL_CHUNK_BYTES = 1 << 20  #: zeros per write; flushed every PREFILL_FLUSH_CHUNKS
-PREFILL_FLUSH_CHUNKS = 4
-PREFILL_PAUSE_S = 0.002  #: between flushes: the log's own fsyncs go first
-#: no spare unless the disk keeps this many times its size free: on a filling disk the
-#: log's own appends must not be the ones to hit ENOSPC because a spare took the space
-PREFILL_FREE_FACTOR = 4
-SPARE_NAME = "next.seg.tmp"  #: a *.tmp: recovery removes it, half-filled or not
 
 
 @dataclass(slots=True)
@@ -152,75 +141,6 @@ class _Deleter:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-
-
-class _Prefiller:
-    """Zero-fills the next segment's file on a helper thread while the active one fills.
-
-    Appending grows the file, so each fdatasync also commits the new size through the
-    filesystem's journal; a write into blocks that are allocated and durable already
-    leaves the flush only the data (on ext4, about half the latency: 0.22 vs 0.42 ms at
-    the median for 20 KB writes, three writers on this project's bench VM). The fill
-    is flushed a few MiB at a time with pauses, so the log's own fsyncs are not queued
-    behind 64 MiB of zeros. Any failure (a full disk) just means no spare: the next
-    segment appends as before.
-    """
-
-    def __init__(self, directory: Path, size: int) -> None:
-        self.path = directory / SPARE_NAME
-        self.size = size
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ready = False  #: set by the thread once the file is filled and durable
-
-    def start(self) -> None:
-        """Begin filling, unless a fill is running or a spare is waiting."""
-        if self._thread is not None and (self._thread.is_alive() or self._ready):
-            return
-        self._ready = False
-        self._thread = threading.Thread(target=self._fill, name="zraft-prefill", daemon=True)
-        self._thread.start()
-
-    def take(self) -> Path | None:
-        """The filled spare's path (the caller renames it away), or None if not ready."""
-        if self._thread is None or self._thread.is_alive() or not self._ready:
-            return None
-        self._thread, self._ready = None, False
-        return self.path
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        _unlink_quiet(self.path)
-
-    def _fill(self) -> None:
-        zeros = bytes(PREFILL_CHUNK_BYTES)
-        try:
-            fs = os.statvfs(self.path.parent)
-            if fs.f_bavail * fs.f_frsize < PREFILL_FREE_FACTOR * self.size:
-                log.info("storage_prefill_skipped", reason="disk nearly full", size=self.size)
-                return
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                done = 0
-                while done < self.size:
-                    if self._stop.is_set():
-                        raise InterruptedError("closing")
-                    done += os.pwrite(fd, zeros[: self.size - done], done)
-                    if done % (PREFILL_FLUSH_CHUNKS * PREFILL_CHUNK_BYTES) == 0:
-                        os.fdatasync(fd)
-                        time.sleep(PREFILL_PAUSE_S)  # pacing I/O on a helper thread
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            if not isinstance(exc, InterruptedError):
-                log.warning("storage_prefill_failed", file=str(self.path), error=str(exc))
-            _unlink_quiet(self.path)
-            return
-        self._ready = True
 
 
 class _Syncer:
@@ -363,10 +283,6 @@ class SegmentLog:
         self._dirty: set[int] = set()
         self._deleter = _Deleter(directory, durable)
         self._syncer = _Syncer()
-        self._prefill: _Prefiller | None = None
-        if durable and segment_bytes >= PREFILL_MIN_SEGMENT_BYTES:
-            self._prefill = _Prefiller(directory, min(segment_bytes, PREFILL_MAX_BYTES))
-        self._prefill_asked = False  #: the active segment asked for its successor's file
         self.fsync_us = Histogram()  #: the reactor's own flushes (the syncer has its own)
         self._cache: deque[Entry] = deque()
         self._cache_bytes = 0
@@ -543,9 +459,6 @@ class SegmentLog:
             off += len(blob)
         assert off == seg.end + size
         seg.end = off
-        if self._prefill is not None and not self._prefill_asked and off > self.segment_bytes // 2:
-            self._prefill_asked = True
-            self._prefill.start()
         self._terms.extend([e.term for e in entries])
         for e in entries:
             if e.type == _CONFIG:
@@ -636,8 +549,6 @@ class SegmentLog:
         """
         old = self._segs[-1]
         self._syncer.pause()
-        if self._prefill is not None:  # a sealed segment ends at its last record (the
-            os.ftruncate(self._fd, old.end)  # flush below makes the size durable too)
         if self.durable:
             self._timed_fdatasync(self._fd)
         self._dirty.discard(self._fd)
@@ -689,13 +600,7 @@ class SegmentLog:
     def _create_segment(self, base: int, prev_term: int) -> None:
         path = self.dir / rec.segment_name(base)
         self._forget_fd(path)
-        spare = self._prefill.take() if self._prefill is not None else None
-        if spare is not None:  # zeros past the header: recovery reads them as the end
-            os.rename(spare, path)
-            fd = os.open(path, os.O_RDWR)
-        else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._prefill_asked = False
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             header = rec.encode_segment_header(base, prev_term)
             write_all(fd, header)
@@ -884,11 +789,7 @@ class SegmentLog:
             try:
                 self._syncer.close()
             finally:
-                try:
-                    self._deleter.close()
-                finally:
-                    if self._prefill is not None:
-                        self._prefill.close()
+                self._deleter.close()
         finally:
             fds, self._fd = [*self._read_fds.values(), self._fd], -1
             self._read_fds.clear()

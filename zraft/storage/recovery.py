@@ -197,14 +197,7 @@ def _load(path: Path, base: int, prev: _Loaded | None, tail: bool, opts: _Opts) 
             path=str(path),
             offset=res.end,
         )
-    zeros_after = tail and buf.count(0, res.end) == len(buf) - res.end
-    if res.end < len(buf) and zeros_after:
-        # only zeros follow: the rest of a zero-filled file (log._Prefiller), where an
-        # interrupted write left nothing behind either. (A sealed segment never has them:
-        # it is cut to its last record before its successor exists.)
-        log.info("storage_prefilled_tail_trimmed", file=str(path), offset=res.end)
-        _truncate_file(path, res.end, opts.durable)
-    elif res.end < len(buf):
+    if res.end < len(buf):
         if not (tail and res.torn):
             where = f"{path}: {res.bad_reason} at offset {res.end}"
             raise CorruptLog(where, path=str(path), offset=res.end)
