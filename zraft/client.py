@@ -464,13 +464,8 @@ class Client:
         if len(results) == len(commands):
             return [results[i] for i in range(len(commands))]
         what = f"apply_many: {len(commands) - len(results)} of {len(commands)} commands"
-        _give_up(
-            what,
-            total,
-            maybe_applied,
-            last_error,
-            self.cluster_id if silent and not answered else "",
-        )
+        hint = self.cluster_id if silent and not answered else ""
+        _give_up(what, total, maybe_applied, last_error, hint)
 
     def _exchange_many(
         self, endpoint: str, reqs: list[ClientRequest], timeout: float
