@@ -224,25 +224,31 @@ def _worth_logging(count: int) -> bool:
     return count > 0 and count & (count - 1) == 0
 
 
-def _give_up_waiting(fut: asyncio.Future[Outcome], error: str) -> None:
-    if not fut.done():  # the reactor's answer, if it ever comes, is then dropped
-        fut.set_result(Outcome(False, error=error, message="no answer in time"))
+_WATCH_TICK_S = 0.25  #: how often a loop checks for calls the reactor never answered
 
 
 class _LoopInbox:
-    """Outcomes bound for one asyncio loop's futures: one thread-safe wake-up per batch.
+    """Outcomes bound for one asyncio loop's futures: one thread-safe wake-up per batch,
+    and one watchdog for every call on the loop that the reactor might never answer.
 
     A ``call_soon_threadsafe`` per outcome writes to the loop's self-pipe once per
-    command; under load that cost more than the command itself. Only the reactor
-    thread calls :meth:`put`, only the loop thread runs :meth:`_drain`.
+    command; under load that cost more than the command itself. A ``call_later`` per
+    call cost the embedded bench a quarter of its loop thread (a heap of thousands of
+    timers, each compared in Python, each cancelled and popped), so calls wait in
+    buckets of :data:`_WATCH_TICK_S` by give-up time and one sweep per tick answers the
+    due ones: a call gives up at most a tick after its time. Only the reactor thread
+    calls :meth:`put`; only the loop thread runs the rest.
     """
 
-    __slots__ = ("items", "loop", "scheduled")
+    __slots__ = ("items", "loop", "scheduled", "sweeping", "watched")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.items: deque[tuple[asyncio.Future[Outcome], Outcome]] = deque()
         self.scheduled = False
+        #: give-up tick -> the futures due then, each with the error it gives up with
+        self.watched: dict[int, dict[asyncio.Future[Outcome], str]] = {}
+        self.sweeping = False
 
     def deliverer(self, fut: asyncio.Future[Outcome]) -> Deliver:
         return lambda outcome: self.put(fut, outcome)
@@ -262,6 +268,31 @@ class _LoopInbox:
             fut, outcome = items.popleft()
             if not fut.done():  # the awaiting task may have been cancelled
                 fut.set_result(outcome)
+
+    def watch(
+        self, fut: asyncio.Future[Outcome], wait_s: float, late: str
+    ) -> dict[asyncio.Future[Outcome], str]:
+        """Answer ``fut`` with ``late`` if nothing has within ``wait_s``; the caller
+        removes ``fut`` from the returned bucket once it is answered."""
+        tick = int((self.loop.time() + wait_s) / _WATCH_TICK_S) + 1
+        bucket = self.watched.get(tick)
+        if bucket is None:
+            bucket = self.watched[tick] = {}
+            if not self.sweeping:
+                self.sweeping = True
+                self.loop.call_later(_WATCH_TICK_S, self._sweep)
+        bucket[fut] = late
+        return bucket
+
+    def _sweep(self) -> None:
+        now_tick = int(self.loop.time() / _WATCH_TICK_S)
+        for tick in sorted(t for t in self.watched if t <= now_tick):
+            for fut, late in self.watched.pop(tick).items():
+                if not fut.done():  # the reactor's answer, if it ever comes, is dropped
+                    fut.set_result(Outcome(False, error=late, message="no answer in time"))
+        self.sweeping = bool(self.watched)
+        if self.sweeping:
+            self.loop.call_later(_WATCH_TICK_S, self._sweep)
 
 
 class Node:
@@ -420,39 +451,38 @@ class Node:
             raise TypeError("command name must be a str")
         self._check_running()
         data = codec.encode_command(b"", 0, name, tuple(args))
-        fut, deliver, timer = self._loop_answer(timeout, "unknown_outcome")
+        fut, deliver, watched = self._loop_answer(timeout, "unknown_outcome")
         self._submit(data, deliver, self._deadline(timeout))
         try:  # awaited here, not in a shared coroutine: one more per call cost ~20%
             outcome = await fut
         finally:
-            timer.cancel()
+            watched.pop(fut, None)
         return outcome.unwrap()
 
     async def query_async(
         self, name: str, *args: Any, consistency: str = "linearizable", timeout: float | None = None
     ) -> Any:
         post = self._read_poster(name, args, consistency, timeout)
-        fut, deliver, timer = self._loop_answer(timeout, "timeout")
+        fut, deliver, watched = self._loop_answer(timeout, "timeout")
         post(deliver)
         try:
             outcome = await fut
         finally:
-            timer.cancel()
+            watched.pop(fut, None)
         return outcome.unwrap()
 
     def _loop_answer(
         self, timeout: float | None, late: str
-    ) -> tuple[asyncio.Future[Outcome], Deliver, asyncio.TimerHandle]:
-        """A future on the running loop, the reactor's deliverer for it, and a timer that
-        answers ``late`` if the reactor has not by then (it is stuck). A timer handle, not
+    ) -> tuple[asyncio.Future[Outcome], Deliver, dict[asyncio.Future[Outcome], str]]:
+        """A future on the running loop, the reactor's deliverer for it, and the watchdog
+        bucket that answers ``late`` if the reactor has not by then (it is stuck). Not
         asyncio.wait_for: a task per call cost the embedded bench 25-30%."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome] = loop.create_future()
         inbox = getattr(self._tls, "inbox", None)
         if inbox is None or inbox.loop is not loop:
             inbox = self._tls.inbox = _LoopInbox(loop)
-        timer = loop.call_later(self._wait_s(timeout), _give_up_waiting, fut, late)
-        return fut, inbox.deliverer(fut), timer
+        return fut, inbox.deliverer(fut), inbox.watch(fut, self._wait_s(timeout), late)
 
     def wait_for_leader(self, timeout: float = 10.0) -> str:
         """The leader's id once this node knows one (ReadTimeout if none within

@@ -1068,6 +1068,37 @@ def test_async_calls_give_up_on_a_stuck_reactor_by_their_timeout(tmp_path: Path)
         assert node.status()["role"] == "leader"
 
 
+def test_the_loop_watchdog_gives_up_only_calls_left_unanswered() -> None:
+    """One sweep per tick stands in for a timer per call: it must answer the calls
+    that are due and unanswered, leave the rest, and stop once nothing waits."""
+    from zraft.node import Outcome, _LoopInbox
+
+    loop = asyncio.new_event_loop()
+    try:
+        inbox = _LoopInbox(loop)
+        answered, due, later = (loop.create_future() for _ in range(3))
+        bucket = inbox.watch(answered, 1.0, "unknown_outcome")
+        inbox.watch(due, 1.0, "timeout")
+        inbox.watch(later, 60.0, "timeout")
+        answered.set_result(Outcome(True, 7))
+        bucket.pop(answered)  # what apply_async does once its answer came
+        now = loop.time()
+        loop.time = lambda: now + 0.9  # type: ignore[method-assign]
+        inbox._sweep()
+        assert not due.done(), "gave up before its time"
+        loop.time = lambda: now + 1.0 + 0.3  # type: ignore[method-assign]
+        inbox._sweep()
+        assert due.result().error == "timeout"
+        assert answered.result().result == 7 and not later.done()
+        assert inbox.sweeping, "a call still waits: the sweep must come again"
+        loop.time = lambda: now + 61.3  # type: ignore[method-assign]
+        inbox._sweep()
+        assert later.result().error == "timeout"
+        assert not inbox.watched and not inbox.sweeping
+    finally:
+        loop.close()
+
+
 def test_a_start_that_times_out_leaves_no_node_running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
