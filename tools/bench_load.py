@@ -35,6 +35,7 @@ except ImportError:  # not installed: run from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zraft import codec
+from zraft.gc_tuning import tune_gc
 from zraft.protocol import ClientReply, ClientRequest
 
 BUCKET_S = 0.25  #: timeline resolution
@@ -494,6 +495,8 @@ def run_embedded(args: argparse.Namespace, cfg: LoadConfig) -> dict[str, Any]:
         )  # fmt: skip
     else:
         config = Config(args.id, peers[args.id], args.data_dir, peers=peers, **overrides)
+    # as the README's embedding guide advises (PySyncObj's processes get the same settings)
+    tune_gc()
     node = Node(config).start()
     try:
         _take_leadership(node, args.id, timeout_s=30.0)

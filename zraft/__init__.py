@@ -20,6 +20,7 @@ _EXPORTS = {
     "StateMachine": "zraft.statemachine",
     "command": "zraft.statemachine",
     "query": "zraft.statemachine",
+    "tune_gc": "zraft.gc_tuning",
     **{
         name: "zraft.errors"
         for name in (
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from zraft.errors import UnknownOutcome as UnknownOutcome
     from zraft.errors import ZraftError as ZraftError
     from zraft.events import Event as Event
+    from zraft.gc_tuning import tune_gc as tune_gc
     from zraft.kv import KV as KV
     from zraft.node import Node as Node
     from zraft.statemachine import StateMachine as StateMachine

@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 cluster unreachable.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import importlib.util
 import json
@@ -21,6 +20,7 @@ import zmq
 
 from zraft.config import Config, parse_cluster
 from zraft.errors import ConfigError, ZraftError
+from zraft.gc_tuning import tune_gc
 from zraft.storage.errors import DataDirLocked, DataDirMismatch, StorageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     app = load_app(args.app) if args.app else None
     node = Node(config, app)
 
-    _tune_gc()  # before the handlers: a signal in between would find no reactor to stop
+    tune_gc()  # before the handlers: a signal in between would find no reactor to stop
 
     def on_signal(signum: int, _frame: Any) -> None:
         node.stop()
@@ -105,21 +105,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:  # the log may be a file nobody watches: the supervisor sees stderr
         print(f"zraft run: {config.node_id} stopped, its storage failed: {failed}", file=sys.stderr)
     return EXIT_FAIL if failed else EXIT_OK
-
-
-def _tune_gc() -> None:
-    """This process is the node's: keep the cyclic GC's pauses out of the reactor's turns.
-
-    A full collection walks every tracked object; with the interpreter's start-up
-    objects (modules, functions, types) that took 15-30 ms per pass on the bench
-    machine, every few seconds, on every node: a stall for every request in flight.
-    Freezing them moves them out of the collector's sight for good; the reactor's
-    own garbage is acyclic and freed by reference counting, so young collections
-    can be rarer too.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
 
 
 # ---------------------------------------------------------------------------- cluster commands

@@ -271,11 +271,12 @@ def test_damaged_log_refused_then_repaired(tmp_path: Path) -> None:
         assert node.alive()
 
 
-def test_run_freezes_start_up_objects_out_of_the_collectors_sight() -> None:
-    """`zraft run` owns its process: full GC passes must not walk the interpreter's objects."""
+def test_tune_gc_freezes_start_up_objects_out_of_the_collectors_sight() -> None:
+    """`zraft run` owns its process (and an embedding app may call zraft.tune_gc): full
+    GC passes must not walk the interpreter's objects."""
     code = (
-        "import gc; from zraft.cli import _tune_gc; before = gc.get_freeze_count(); "
-        "_tune_gc(); print(before, gc.get_freeze_count(), gc.get_threshold()[0])"
+        "import gc, zraft; before = gc.get_freeze_count(); "
+        "zraft.tune_gc(); print(before, gc.get_freeze_count(), gc.get_threshold()[0])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
