@@ -203,6 +203,24 @@ def _wire_safe(out: Outcome) -> Outcome:
     return out
 
 
+def _remembered_outcome(remembered: Result | Stale | Reused, seq: int) -> Outcome:
+    """The answer to a command its session has seen (or has forgotten) before."""
+    if isinstance(remembered, Stale):
+        return Outcome(
+            False,
+            error="unknown_outcome",
+            message="sequence number older than the session window",
+        )
+    if isinstance(remembered, Reused):
+        return Outcome(
+            False,
+            error="bad_request",
+            message=f"sequence number {seq} of this client id came with another command"
+            " before: two clients share the id, or one reused its numbers (not applied)",
+        )
+    return Outcome(*remembered)
+
+
 #: voters + learners: each member costs every node a socket, and a ZeroMQ context holds
 #: at most 1023 (the codec's own bound, 1024, is higher)
 MAX_CLUSTER_MEMBERS = 256
@@ -1451,25 +1469,11 @@ class Node:
                 self.log.error("bad_entry_skipped", index=e.index, reason=str(exc))
                 return Outcome(False, error="bad_request", message=str(exc))
         digest: int | None = None
-        remembered: Result | Stale | Reused | None = None
         if client_id and seq:
             digest = zlib.crc32(e.data)  # a retry's bytes are the same: so is its digest
             remembered = self._sessions.begin(client_id, seq, digest)
-        if isinstance(remembered, Stale):
-            return Outcome(
-                False,
-                error="unknown_outcome",
-                message="sequence number older than the session window",
-            )
-        if isinstance(remembered, Reused):
-            return Outcome(
-                False,
-                error="bad_request",
-                message=f"sequence number {seq} of this client id came with another command"
-                " before: two clients share the id, or one reused its numbers (not applied)",
-            )
-        if remembered is not None:
-            return Outcome(*remembered)
+            if remembered is not None:
+                return _remembered_outcome(remembered, seq)
         handler = self.sm.command_handler(name)
         if handler is None:
             out = Outcome(False, error="no_such_command", message=f"no command named {name!r}")

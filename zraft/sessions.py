@@ -78,6 +78,29 @@ REUSED: Final = Reused()
 _LIMITS_ID: Final = b""
 
 
+class _Session:
+    """One client's remembered results (seq order), their digests, and its floor."""
+
+    __slots__ = ("client_id", "digests", "floor", "results", "top")
+
+    def __init__(self, client_id: bytes) -> None:
+        self.client_id = client_id
+        self.results: OrderedDict[int, Result] = OrderedDict()
+        #: seq -> checksum of the command behind its result. Kept in memory only
+        #: (snapshots keep their earlier layout): a restored table trusts every seq.
+        self.digests: dict[int, int] = {}
+        self.floor = 0  #: the highest seq trimmed away
+        self.top = 0  #: the highest seq remembered (the last key of ``results``)
+
+    def trim(self, window: int) -> None:
+        results = self.results
+        while len(results) > window:
+            seq, _ = results.popitem(last=False)
+            self.digests.pop(seq, None)
+            if seq > self.floor:
+                self.floor = seq
+
+
 class SessionTable:
     """Per-client remembered results, trimmed deterministically (LRU clients, lowest seqs).
 
@@ -86,16 +109,15 @@ class SessionTable:
     forgotten), anything above it was never applied. Seqs can commit out of order (an
     ``apply_many`` batch whose first command was refused as busy and retried), so the
     order of insertion says nothing about which seqs were trimmed.
+
+    Every node runs :meth:`begin` and :meth:`record` for every client command it
+    applies, so they are kept to a few dictionary operations each.
     """
 
     def __init__(self, limits: SessionLimits) -> None:
         self._limits = limits
-        self._sessions: OrderedDict[bytes, OrderedDict[int, Result]] = OrderedDict()
-        self._floors: dict[bytes, int] = {}  #: client -> highest seq trimmed (absent: 0)
-        #: client -> seq -> checksum of the command behind its remembered result. Kept in
-        #: memory only (snapshots keep their earlier layout): a restored table trusts
-        #: every seq, as tables did before this check existed.
-        self._digests: dict[bytes, dict[int, int]] = {}
+        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        self._last: _Session | None = None  #: the session :meth:`begin` last opened
 
     @property
     def limits(self) -> SessionLimits:
@@ -113,54 +135,54 @@ class SessionTable:
         checksum of the command) tells a retry from another command under the same seq.
         """
         assert client_id and seq > 0
-        results = self._sessions.get(client_id)
-        if results is None:
-            results = self._sessions[client_id] = OrderedDict()
-            if len(self._sessions) > self._limits.max_sessions:
-                gone, _ = self._sessions.popitem(last=False)
-                self._floors.pop(gone, None)
-                self._digests.pop(gone, None)
-        self._sessions.move_to_end(client_id)
-        seen = results.get(seq)
+        sessions = self._sessions
+        session = sessions.get(client_id)
+        if session is None:
+            session = sessions[client_id] = _Session(client_id)
+            if len(sessions) > self._limits.max_sessions:
+                sessions.popitem(last=False)
+        else:
+            sessions.move_to_end(client_id)
+        self._last = session
+        seen = session.results.get(seq)
         if seen is not None:
-            known = self._digests.get(client_id, {}).get(seq)
+            known = session.digests.get(seq)
             if digest is not None and known is not None and known != digest:
                 return REUSED
             return seen
-        if seq <= self._floors.get(client_id, 0):
+        if seq <= session.floor:
             return STALE
         return None
 
     def record(self, client_id: bytes, seq: int, result: Result, digest: int | None = None) -> None:
         """Remember the result of a command :meth:`begin` let run."""
-        results = self._sessions[client_id]
+        session = self._last
+        if session is None or session.client_id != client_id:
+            session = self._sessions[client_id]
         if digest is not None:
-            self._digests.setdefault(client_id, {})[seq] = digest
-        late = bool(results) and seq < next(reversed(results))
+            session.digests[seq] = digest
+        results = session.results
         results[seq] = result
-        if late:  # rare: keep seq order, so trimming drops the lowest
+        if seq > session.top:
+            session.top = seq
+        else:  # rare: keep seq order, so trimming drops the lowest
             ordered = sorted(results.items())
             results.clear()
             results.update(ordered)
-        self._trim(client_id, results, self._limits.window)
-
-    def _trim(self, client_id: bytes, results: OrderedDict[int, Result], window: int) -> None:
-        digests = self._digests.get(client_id, {})
-        while len(results) > window:
-            seq, _ = results.popitem(last=False)
-            digests.pop(seq, None)
-            if seq > self._floors.get(client_id, 0):
-                self._floors[client_id] = seq
+        if len(results) > self._limits.window:  # by one, once the window is full
+            old, _ = results.popitem(last=False)
+            session.digests.pop(old, None)
+            if old > session.floor:
+                session.floor = old
+            session.trim(self._limits.window)
 
     def set_limits(self, limits: SessionLimits) -> None:
         """Adopt the limits of an applied no-op entry, trimming at once if they shrank."""
         self._limits = limits
         while len(self._sessions) > limits.max_sessions:
-            gone, _ = self._sessions.popitem(last=False)
-            self._floors.pop(gone, None)
-            self._digests.pop(gone, None)
-        for client_id, results in self._sessions.items():
-            self._trim(client_id, results, limits.window)
+            self._sessions.popitem(last=False)
+        for session in self._sessions.values():
+            session.trim(limits.window)
 
     def pack(self) -> bytes:
         """The table and its limits, for a snapshot.
@@ -174,9 +196,9 @@ class SessionTable:
             (_LIMITS_ID, [(0, [True, [self._limits.window, self._limits.max_sessions], "", ""])])
         ]
         sessions = []
-        for cid, r in self._sessions.items():  # the floor always, 0 too: see restore
-            head = [(0, [True, self._floors.get(cid, 0), "", ""])]
-            sessions.append((cid, head + list(r.items())))
+        for cid, session in self._sessions.items():  # the floor always, 0 too: see restore
+            head = [(0, [True, session.floor, "", ""])]
+            sessions.append((cid, head + list(session.results.items())))
         packed: bytes = msgpack.packb(limits + sessions, use_bin_type=True)
         return packed
 
@@ -191,9 +213,10 @@ class SessionTable:
             _seq, (_ok, window_and_count, _error, _message) = sessions[0][1][0]
             self._limits = SessionLimits(*window_and_count)
             sessions = sessions[1:]
-        self._sessions, self._floors, self._digests = OrderedDict(), {}, {}
+        self._sessions, self._last = OrderedDict(), None
         for cid, results in sessions:
-            table: OrderedDict[int, Result] = OrderedDict()
+            session = _Session(cid)
+            table = session.results
             floor = None
             for seq, (ok, result, error, message) in sorted(results, key=lambda r: r[0]):
                 if seq == 0:
@@ -204,10 +227,11 @@ class SessionTable:
                 # a table from before floors travelled (ours always carry one, so a full
                 # window that was never trimmed is not mistaken for one): read as then
                 floor = next(iter(table)) - 1
-            if floor:
-                self._floors[cid] = floor
-            self._sessions[cid] = table
+            session.floor = floor or 0
+            session.top = next(reversed(table)) if table else 0
+            self._sessions[cid] = session
 
     def results(self, client_id: bytes) -> list[tuple[int, Result]]:
         """A client's remembered (seq, result) pairs, oldest first (for tests and tools)."""
-        return list(self._sessions.get(client_id, {}).items())
+        session = self._sessions.get(client_id)
+        return list(session.results.items()) if session is not None else []

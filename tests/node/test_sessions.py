@@ -190,3 +190,94 @@ def test_config_rejects_limits_no_node_could_carry() -> None:
         cfg(count=0).validate()
     with pytest.raises(ConfigError, match="max_sessions must be <="):
         cfg(count=MAX_SESSIONS + 1).validate()
+
+
+class _ModelTable:
+    """The table's rules written as plainly as possible: the oracle for the fast one."""
+
+    def __init__(self, window: int, max_sessions: int) -> None:
+        self.window, self.max_sessions = window, max_sessions
+        self.lru: list[bytes] = []  # least recently active first
+        self.results: dict[bytes, dict[int, object]] = {}
+        self.floors: dict[bytes, int] = {}
+        self.digests: dict[bytes, dict[int, int]] = {}
+
+    def _forget(self, cid: bytes) -> None:
+        self.lru.remove(cid)
+        for table in (self.results, self.floors, self.digests):
+            table.pop(cid, None)
+
+    def _trim(self, cid: bytes) -> None:
+        results = self.results[cid]
+        while len(results) > self.window:
+            low = min(results)
+            del results[low]
+            self.digests.get(cid, {}).pop(low, None)
+            self.floors[cid] = max(self.floors.get(cid, 0), low)
+
+    def begin(self, cid: bytes, seq: int, digest: int) -> object:
+        if cid in self.results:
+            self.lru.remove(cid)
+        else:
+            self.results[cid] = {}
+            if len(self.lru) + 1 > self.max_sessions:
+                self._forget(self.lru[0])
+        self.lru.append(cid)
+        if seq in self.results[cid]:
+            known = self.digests.get(cid, {}).get(seq)
+            return REUSED if known is not None and known != digest else self.results[cid][seq]
+        return STALE if seq <= self.floors.get(cid, 0) else None
+
+    def record(self, cid: bytes, seq: int, result: object, digest: int) -> None:
+        self.results[cid][seq] = result
+        self.digests.setdefault(cid, {})[seq] = digest
+        self._trim(cid)
+
+    def set_limits(self, window: int, max_sessions: int) -> None:
+        self.window, self.max_sessions = window, max_sessions
+        while len(self.lru) > max_sessions:
+            self._forget(self.lru[0])
+        for cid in self.lru:
+            self._trim(cid)
+
+    def restored(self) -> None:
+        self.digests = {}  # digests stay in memory: a restored table trusts every seq
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_table_follows_its_rules_over_random_histories(seed: int) -> None:
+    """Retries, seqs out of order, reused seqs, evictions, shrinking limits and snapshot
+    round trips, checked step by step against the plain model above."""
+    import random
+
+    rng = random.Random(seed)
+    window, count = rng.randint(1, 6), rng.randint(1, 4)
+    table, model = SessionTable(SessionLimits(window, count)), _ModelTable(window, count)
+    clients = [bytes([65 + i]) for i in range(6)]
+    top = dict.fromkeys(clients, 0)
+    for step in range(3000):
+        roll = rng.random()
+        if roll < 0.01:
+            window, count = rng.randint(1, 6), rng.randint(1, 4)
+            table.set_limits(SessionLimits(window, count))
+            model.set_limits(window, count)
+            continue
+        if roll < 0.02:
+            packed = table.pack()
+            table = SessionTable(SessionLimits())
+            table.restore(packed)
+            model.restored()
+            assert table.pack() == packed
+            continue
+        cid = rng.choice(clients)
+        seq = max(1, top[cid] + rng.randint(-8, 2))  # mostly new, often a retry or late
+        top[cid] = max(top[cid], seq)
+        digest = seq if rng.random() < 0.95 else -seq  # now and then a reused number
+        got, want = table.begin(cid, seq, digest), model.begin(cid, seq, digest)
+        assert got == want, (step, cid, seq)
+        if got is None:
+            result = (True, step, "", "")
+            table.record(cid, seq, result, digest)
+            model.record(cid, seq, result, digest)
+        assert len(table) == len(model.lru)
+        assert [s for s, _ in table.results(cid)] == sorted(model.results.get(cid, {}))
