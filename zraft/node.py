@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import math
 import queue
 import random
 import shutil
@@ -253,9 +254,9 @@ class _LoopInbox:
     command; under load that cost more than the command itself. A ``call_later`` per
     call cost the embedded bench a quarter of its loop thread (a heap of thousands of
     timers, each compared in Python, each cancelled and popped), so calls wait in
-    buckets of :data:`_WATCH_TICK_S` by give-up time and one sweep per tick answers the
-    due ones: a call gives up at most a tick after its time. Only the reactor thread
-    calls :meth:`put`; only the loop thread runs the rest.
+    buckets by give-up tick (:data:`_WATCH_TICK_S`) and a sweep at each tick's end
+    answers the unanswered: a call gives up at most a tick after its time, never
+    before. Only the reactor thread calls :meth:`put`; only the loop thread the rest.
     """
 
     __slots__ = ("items", "loop", "scheduled", "sweeping", "watched")
@@ -264,7 +265,8 @@ class _LoopInbox:
         self.loop = loop
         self.items: deque[tuple[asyncio.Future[Outcome], Outcome]] = deque()
         self.scheduled = False
-        #: give-up tick -> the futures due then, each with the error it gives up with
+        #: give-up tick -> the futures due then, each with the error it gives up with;
+        #: a bucket goes as soon as it is empty (a call answered leaves it at once)
         self.watched: dict[int, dict[asyncio.Future[Outcome], str]] = {}
         self.sweeping = False
 
@@ -287,30 +289,42 @@ class _LoopInbox:
             if not fut.done():  # the awaiting task may have been cancelled
                 fut.set_result(outcome)
 
-    def watch(
-        self, fut: asyncio.Future[Outcome], wait_s: float, late: str
-    ) -> dict[asyncio.Future[Outcome], str]:
-        """Answer ``fut`` with ``late`` if nothing has within ``wait_s``; the caller
-        removes ``fut`` from the returned bucket once it is answered."""
+    def watch(self, fut: asyncio.Future[Outcome], wait_s: float, late: str) -> int:
+        """Answer ``fut`` with ``late`` unless it is answered within ``wait_s``. Returns
+        the tick to :meth:`unwatch` it by (0, never swept, when ``wait_s`` is infinite)."""
+        if not math.isfinite(wait_s):
+            return 0
         tick = int((self.loop.time() + wait_s) / _WATCH_TICK_S) + 1
         bucket = self.watched.get(tick)
         if bucket is None:
             bucket = self.watched[tick] = {}
             if not self.sweeping:
                 self.sweeping = True
-                self.loop.call_later(_WATCH_TICK_S, self._sweep)
+                self._sweep_next(int(self.loop.time() / _WATCH_TICK_S))
         bucket[fut] = late
-        return bucket
+        return tick
+
+    def unwatch(self, tick: int, fut: asyncio.Future[Outcome]) -> None:
+        bucket = self.watched.get(tick)
+        if bucket is not None:
+            bucket.pop(fut, None)
+            if not bucket:
+                del self.watched[tick]
+
+    def _sweep_next(self, now_tick: int) -> None:
+        # at the next tick's end: everything due by then has passed its give-up time
+        self.loop.call_at((now_tick + 1) * _WATCH_TICK_S, self._sweep)
 
     def _sweep(self) -> None:
+        # a timer may fire a hair early: this tick then waits for the sweep just after
         now_tick = int(self.loop.time() / _WATCH_TICK_S)
-        for tick in sorted(t for t in self.watched if t <= now_tick):
+        for tick in [t for t in self.watched if t <= now_tick]:
             for fut, late in self.watched.pop(tick).items():
                 if not fut.done():  # the reactor's answer, if it ever comes, is dropped
                     fut.set_result(Outcome(False, error=late, message="no answer in time"))
         self.sweeping = bool(self.watched)
         if self.sweeping:
-            self.loop.call_later(_WATCH_TICK_S, self._sweep)
+            self._sweep_next(now_tick)
 
 
 class Node:
@@ -469,38 +483,38 @@ class Node:
             raise TypeError("command name must be a str")
         self._check_running()
         data = codec.encode_command(b"", 0, name, tuple(args))
-        fut, deliver, watched = self._loop_answer(timeout, "unknown_outcome")
-        self._submit(data, deliver, self._deadline(timeout))
+        fut, inbox, tick = self._loop_answer(timeout, "unknown_outcome")
+        self._submit(data, inbox.deliverer(fut), self._deadline(timeout))
         try:  # awaited here, not in a shared coroutine: one more per call cost ~20%
             outcome = await fut
         finally:
-            watched.pop(fut, None)
+            inbox.unwatch(tick, fut)
         return outcome.unwrap()
 
     async def query_async(
         self, name: str, *args: Any, consistency: str = "linearizable", timeout: float | None = None
     ) -> Any:
         post = self._read_poster(name, args, consistency, timeout)
-        fut, deliver, watched = self._loop_answer(timeout, "timeout")
-        post(deliver)
+        fut, inbox, tick = self._loop_answer(timeout, "timeout")
+        post(inbox.deliverer(fut))
         try:
             outcome = await fut
         finally:
-            watched.pop(fut, None)
+            inbox.unwatch(tick, fut)
         return outcome.unwrap()
 
     def _loop_answer(
         self, timeout: float | None, late: str
-    ) -> tuple[asyncio.Future[Outcome], Deliver, dict[asyncio.Future[Outcome], str]]:
-        """A future on the running loop, the reactor's deliverer for it, and the watchdog
-        bucket that answers ``late`` if the reactor has not by then (it is stuck). Not
-        asyncio.wait_for: a task per call cost the embedded bench 25-30%."""
+    ) -> tuple[asyncio.Future[Outcome], _LoopInbox, int]:
+        """A future on the running loop, the loop's inbox (the reactor answers through
+        it), and the watchdog tick after which it answers ``late`` (the reactor is stuck).
+        Not asyncio.wait_for: a task per call cost the embedded bench 25-30%."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome] = loop.create_future()
         inbox = getattr(self._tls, "inbox", None)
         if inbox is None or inbox.loop is not loop:
             inbox = self._tls.inbox = _LoopInbox(loop)
-        return fut, inbox.deliverer(fut), inbox.watch(fut, self._wait_s(timeout), late)
+        return fut, inbox, inbox.watch(fut, self._wait_s(timeout), late)
 
     def wait_for_leader(self, timeout: float = 10.0) -> str:
         """The leader's id once this node knows one (ReadTimeout if none within

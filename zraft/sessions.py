@@ -179,6 +179,7 @@ class SessionTable:
     def set_limits(self, limits: SessionLimits) -> None:
         """Adopt the limits of an applied no-op entry, trimming at once if they shrank."""
         self._limits = limits
+        self._last = None  # it may be about to go: record() without begin() must not find it
         while len(self._sessions) > limits.max_sessions:
             self._sessions.popitem(last=False)
         for session in self._sessions.values():

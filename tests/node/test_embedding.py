@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -1069,32 +1070,44 @@ def test_async_calls_give_up_on_a_stuck_reactor_by_their_timeout(tmp_path: Path)
 
 
 def test_the_loop_watchdog_gives_up_only_calls_left_unanswered() -> None:
-    """One sweep per tick stands in for a timer per call: it must answer the calls
-    that are due and unanswered, leave the rest, and stop once nothing waits."""
-    from zraft.node import Outcome, _LoopInbox
+    """One sweep per tick stands in for a timer per call: it must answer the calls that
+    are due and unanswered, never before their time and at most a tick after, leave the
+    rest, drop what was answered, and stop once nothing waits."""
+    from zraft.node import _WATCH_TICK_S, Outcome, _LoopInbox
 
     loop = asyncio.new_event_loop()
     try:
+        clock = [loop.time()]
+        sweeps: list[float] = []
+        loop.time = lambda: clock[0]  # type: ignore[method-assign]
+        loop.call_at = lambda when, _cb: sweeps.append(when)  # type: ignore[assignment,method-assign,return-value]
         inbox = _LoopInbox(loop)
-        answered, due, later = (loop.create_future() for _ in range(3))
-        bucket = inbox.watch(answered, 1.0, "unknown_outcome")
-        inbox.watch(due, 1.0, "timeout")
+        answered, due, later, forever = (loop.create_future() for _ in range(4))
+        tick = inbox.watch(answered, 1.0, "unknown_outcome")
+        assert inbox.watch(due, 1.0, "timeout") == tick
         inbox.watch(later, 60.0, "timeout")
+        assert inbox.watch(forever, math.inf, "timeout") == 0  # waits as long as asked
         answered.set_result(Outcome(True, 7))
-        bucket.pop(answered)  # what apply_async does once its answer came
-        now = loop.time()
-        loop.time = lambda: now + 0.9  # type: ignore[method-assign]
+        inbox.unwatch(tick, answered)  # what apply_async does once its answer came
+        assert all(answered not in bucket for bucket in inbox.watched.values())
+        assert len(sweeps) == 1 and sweeps[0] > clock[0], "one sweep, at the next tick's end"
+        assert sweeps[0] / _WATCH_TICK_S == round(sweeps[0] / _WATCH_TICK_S)
+        start = clock[0]
+        clock[0] = start + 1.0 - 1e-6
         inbox._sweep()
         assert not due.done(), "gave up before its time"
-        loop.time = lambda: now + 1.0 + 0.3  # type: ignore[method-assign]
+        clock[0] = start + 1.0 + _WATCH_TICK_S
         inbox._sweep()
         assert due.result().error == "timeout"
         assert answered.result().result == 7 and not later.done()
-        assert inbox.sweeping, "a call still waits: the sweep must come again"
-        loop.time = lambda: now + 61.3  # type: ignore[method-assign]
+        assert inbox.sweeping and sweeps[-1] > clock[0], "a call still waits: sweep again"
+        clock[0] = start + 60.0 + _WATCH_TICK_S
         inbox._sweep()
-        assert later.result().error == "timeout"
+        assert later.result().error == "timeout" and not forever.done()
         assert not inbox.watched and not inbox.sweeping
+        tick = inbox.watch(answered, 5.0, "timeout")
+        inbox.unwatch(tick, answered)
+        assert not inbox.watched, "an emptied bucket goes at once"
     finally:
         loop.close()
 

@@ -264,13 +264,17 @@ def test_the_table_follows_its_rules_over_random_histories(seed: int) -> None:
             continue
         if roll < 0.02:
             packed = table.pack()
-            table = SessionTable(SessionLimits())
-            table.restore(packed)
+            if rng.random() < 0.5:  # as a node installs a snapshot: into its live table
+                table.restore(packed)
+            else:  # as a node restarts from one
+                table = SessionTable(SessionLimits())
+                table.restore(packed)
             model.restored()
             assert table.pack() == packed
             continue
         cid = rng.choice(clients)
-        seq = max(1, top[cid] + rng.randint(-8, 2))  # mostly new, often a retry or late
+        jump = rng.randint(-8, 2) if rng.random() < 0.97 else rng.randint(3, 40)
+        seq = max(1, top[cid] + jump)  # mostly new, often a retry or late, now and then a gap
         top[cid] = max(top[cid], seq)
         digest = seq if rng.random() < 0.95 else -seq  # now and then a reused number
         got, want = table.begin(cid, seq, digest), model.begin(cid, seq, digest)
@@ -279,5 +283,17 @@ def test_the_table_follows_its_rules_over_random_histories(seed: int) -> None:
             result = (True, step, "", "")
             table.record(cid, seq, result, digest)
             model.record(cid, seq, result, digest)
-        assert len(table) == len(model.lru)
-        assert [s for s, _ in table.results(cid)] == sorted(model.results.get(cid, {}))
+        _assert_same_state(table, model)
+
+
+def _assert_same_state(table: SessionTable, model: _ModelTable) -> None:
+    """Every client's floor and results, in least-recently-active order, as a snapshot
+    would carry them (the first packed session is the reserved limits one)."""
+    packed = msgpack.unpackb(table.pack(), raw=False, strict_map_key=False)
+    limits, sessions = packed[0], packed[1:]
+    assert limits[1][0][1][1] == [model.window, model.max_sessions]
+    assert [cid for cid, _ in sessions] == model.lru
+    for cid, rows in sessions:
+        (zero, (_, floor, _, _)), results = rows[0], rows[1:]
+        assert zero == 0 and floor == model.floors.get(cid, 0), cid
+        assert [(seq, tuple(r)) for seq, r in results] == sorted(model.results[cid].items())
