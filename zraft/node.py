@@ -165,8 +165,9 @@ class _Pending:
     term: int
     deliver: Deliver
     deadline: float
-    #: a client request's command as the codec decoded it off the wire: the entry's
-    #: bytes decode to the very same values, so applying here need not decode them again
+    #: the command as the entry's bytes decode: a client request's as the codec decoded
+    #: it off the wire, an embedded call's with flat arguments as given (see
+    #: codec.encode_local_command); applying here need not decode them again
     cmd: Command | None = None
 
 
@@ -346,7 +347,7 @@ class Node:
         )
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         #: embedded apply() calls, taken in batches (no closure, no queue lock per command)
-        self._submitted: deque[tuple[bytes, Deliver, float]] = deque()
+        self._submitted: deque[_Proposal] = deque()
         self._wake_armed = False  #: a wake-up is in flight: the reactor will drain both queues
         self._wake_addr = f"inproc://zraft-wake-{id(self)}"
         self._tls = threading.local()
@@ -482,9 +483,9 @@ class Node:
         if not isinstance(name, str):
             raise TypeError("command name must be a str")
         self._check_running()
-        data = codec.encode_command(b"", 0, name, tuple(args))
+        data, cmd = codec.encode_local_command(name, args)
         fut, inbox, tick = self._loop_answer(timeout, "unknown_outcome")
-        self._submit(data, inbox.deliverer(fut), self._deadline(timeout))
+        self._submit(data, inbox.deliverer(fut), self._deadline(timeout), cmd)
         try:  # awaited here, not in a shared coroutine: one more per call cost ~20%
             outcome = await fut
         finally:
@@ -589,8 +590,8 @@ class Node:
         self._calls.put(fn)
         self._wake_reactor()
 
-    def _submit(self, data: bytes, deliver: Deliver, deadline: float) -> None:
-        self._submitted.append((data, deliver, deadline))
+    def _submit(self, data: bytes, deliver: Deliver, deadline: float, cmd: Command | None) -> None:
+        self._submitted.append((data, deliver, deadline, cmd))
         self._wake_reactor()
 
     def _wake_reactor(self) -> None:
@@ -626,8 +627,8 @@ class Node:
             raise TypeError("command name must be a str")
         self._check_running()
         fut: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        data = codec.encode_command(b"", 0, name, tuple(args))
-        self._submit(data, fut.set_result, self._deadline(timeout))
+        data, cmd = codec.encode_local_command(name, tuple(args))
+        self._submit(data, fut.set_result, self._deadline(timeout), cmd)
         return fut
 
     def _submit_query(
@@ -934,8 +935,7 @@ class Node:
         assert self._closing, "only after shutdown"
         with contextlib.suppress(IndexError):
             while True:
-                data, deliver, deadline = self._submitted.popleft()
-                self._enqueue_proposal(data, deliver, deadline)
+                self._enqueue_proposal(*self._submitted.popleft())
         while True:
             try:
                 fn = self._calls.get_nowait()

@@ -404,7 +404,7 @@ def test_calls_racing_with_stop_are_all_answered(tmp_path: Path) -> None:
     import time
 
     late: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    node._submit(b"late", late.set_result, time.monotonic() + 5)
+    node._submit(b"late", late.set_result, time.monotonic() + 5, None)
     assert late.result(timeout=5).error == "stopped"
     with pytest.raises(zraft.NodeStopped):
         asyncio.run(node.apply_async("add", 1))

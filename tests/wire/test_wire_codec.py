@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 from typing import Any
 
 import msgpack
@@ -430,3 +431,57 @@ def test_the_command_fast_path_agrees_on_every_edge_value() -> None:
             continue
         fast = decode_command(msgpack.packb(case, use_bin_type=True))
         assert fast == checked and [type(v) for v in fast] == [type(v) for v in checked]
+
+
+class _Text(str):
+    pass
+
+
+class _Small(enum.IntEnum):
+    ONE = 1
+
+
+_flat_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(1 << 63), (1 << 64) - 1),
+    st.floats(allow_nan=True),
+    st.text(st.characters(codec="utf-8"), max_size=8),
+    st.binary(max_size=8),
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.text(st.characters(codec="utf-8"), min_size=1, max_size=20),
+    st.lists(
+        _flat_values
+        | st.sampled_from([bytearray(b"x"), _Small.ONE, _Text("t")])
+        | st.lists(_flat_values, max_size=2),
+        max_size=5,
+    ),
+)
+def test_an_embedded_call_is_applied_on_the_leader_as_every_node_decodes_it(
+    name: str, args: list[Any]
+) -> None:
+    """The leader skips decoding a command it encoded from flat arguments: what it
+    applies must be what a follower decodes from the entry, value for value and type
+    for type, or the replicas' state machines would part ways."""
+    data, cmd = codec.encode_local_command(name, tuple(args))
+    assert data == encode_command(b"", 0, name, tuple(args))
+    decoded = decode_command(data)
+    flat = all(type(a) in (type(None), bool, int, float, str, bytes) for a in args)
+    assert (cmd is not None) == flat
+    if cmd is not None:
+        assert [type(v) for v in cmd[3]] == [type(v) for v in decoded[3]]
+        assert msgpack.packb(cmd) == msgpack.packb(decoded)  # NaN != NaN, its bytes agree
+        assert cmd[:3] == decoded[:3]
+
+
+def test_too_many_arguments_are_left_for_every_node_to_refuse() -> None:
+    """Followers refuse a command of more than MAX_ARGS arguments when they decode it;
+    the leader must reach the same verdict, so it has to decode it too."""
+    data, cmd = codec.encode_local_command("n", (1,) * (codec.MAX_ARGS + 1))
+    assert cmd is None
+    with pytest.raises(DecodeError):
+        decode_command(data)
