@@ -19,7 +19,6 @@ array type); the top-level ``args`` is a tuple again. Maps need str/bytes keys
 from __future__ import annotations
 
 import gc
-import threading
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any, NoReturn
@@ -632,27 +631,20 @@ def check_map_keys(args: tuple[Any, ...]) -> None:
             stack.extend(v)
 
 
-_PACKERS = threading.local()  #: a Packer per thread: packb builds one per call
-
-
 def encode_local_command(
     name: str, args: tuple[Any, ...]
 ) -> tuple[bytes, tuple[bytes, int, str, tuple[Any, ...]] | None]:
-    """:func:`encode_command` of an embedded call (no session), and, when every argument
-    is a flat value that msgpack gives back unchanged, the command as
-    :func:`decode_command` would return it: the leader applies that instead of decoding
-    the entry it has just encoded. None when a node must decode the bytes to see them."""
-    if len(args) > MAX_ARGS:
-        return encode_command(b"", 0, name, args), None  # no node applies it: see decode
+    """:func:`encode_command` of an embedded call (no session), and, when the name is a
+    plain str and every argument a flat value that msgpack gives back unchanged, the
+    command as :func:`decode_command` would return it: the leader applies that instead
+    of decoding the entry it has just encoded. None when a node must decode the bytes
+    to see them (followers always do)."""
+    data = encode_command(b"", 0, name, args)
+    if type(name) is not str or len(args) > MAX_ARGS:  # no node applies the latter
+        return data, None
     for a in args:
         if type(a) not in _FLAT:
-            return encode_command(b"", 0, name, args), None
-    if not name or len(name) > MAX_NAME_LEN:
-        raise ValueError("a command has a name of 1..MAX_NAME_LEN chars and a seq in [0, 2**63)")
-    packer = getattr(_PACKERS, "packer", None)
-    if packer is None:  # flat values only: no Python code runs inside pack(), so no
-        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)  # reentrant use
-    data: bytes = packer.pack([COMMAND_VERSION, b"", 0, name, list(args)])
+            return data, None
     return data, (b"", 0, name, args)
 
 

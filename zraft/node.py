@@ -1473,7 +1473,8 @@ class Node:
 
     def _apply_command(self, e: Entry, cmd: Command | None = None) -> Outcome:
         """Apply a NORMAL entry. ``cmd``: its decoded form when this node proposed it
-        for a client (trusted: decoded from the same request the entry was encoded from)."""
+        (trusted: a client request as decoded off the wire, or an embedded call with
+        flat arguments; the entry's bytes decode to the very same values)."""
         if cmd is not None and len(e.data) <= codec.DEFAULT_MAX_BYTES:  # as followers decode
             client_id, seq, name, args = cmd
         else:
