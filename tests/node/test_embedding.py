@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
 import threading
 import time
@@ -1176,3 +1177,67 @@ def test_a_log_whose_hard_state_file_is_gone_is_refused(tmp_path: Path) -> None:
     with _single(tmp_path, Counter()) as again:
         _wait_leader([again])
         assert again.query("read") == 1
+
+
+class Recorder(zraft.StateMachine):
+    """Records each command's arguments as the handler got them: type and repr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[tuple[str, str]]] = []
+
+    @zraft.command
+    def record(self, *args: Any) -> int:
+        self.seen.append([(type(a).__name__, repr(a)) for a in args])
+        return len(self.seen)
+
+
+class _Small(enum.IntEnum):
+    ONE = 1
+
+
+def test_every_replica_applies_an_embedded_call_with_the_same_values_and_types(
+    tmp_path: Path,
+) -> None:
+    """The leader applies an embedded call with flat arguments as given, not decoded
+    from its entry; followers decode it. Edge values, containers and subclasses (which
+    the leader must decode too) must reach every replica's handler alike."""
+    ports = free_ports(3)
+    peers = {f"n{i}": f"tcp://127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+    sms = {nid: Recorder() for nid in peers}
+    nodes = [
+        zraft.Node(zraft.Config(nid, addr, str(tmp_path / nid), peers=peers), sms[nid])
+        for nid, addr in peers.items()
+    ]
+    calls: list[tuple[Any, ...]] = [
+        (None, True, False, 0, -1, -(2**63), 2**64 - 1),
+        (0.5, -0.0, math.inf, -math.inf, math.nan, 5e-324),
+        ("", "naïve ☃ \U0010ffff", b"", b"\x00\xff"),
+        ([1, "x"], {"k": b"v"}, (1, 2)),
+        (bytearray(b"ba"),),
+        (_Small.ONE,),
+        (),
+    ]
+    for n in nodes:
+        n.start()
+    try:
+        leader = _wait_leader(nodes)
+        for args in calls:
+            leader.apply("record", *args, timeout=20)
+
+        async def many() -> list[Any]:
+            return list(await asyncio.gather(*(leader.apply_async("record", *a) for a in calls)))
+
+        asyncio.run(many())
+        _wait_until(
+            lambda: all(len(sm.seen) == 2 * len(calls) for sm in sms.values()),
+            "every replica applied every call",
+        )
+    finally:
+        for n in nodes:
+            n.stop()
+    leader_seen = sms[leader.config.node_id].seen
+    assert all(sm.seen == leader_seen for sm in sms.values())
+    assert leader_seen[4] == [("bytes", "b'ba'")] and leader_seen[5] == [("int", "1")]
+    assert leader_seen[3][2] == ("list", "[1, 2]")
+    assert leader_seen[1][4] == ("float", "nan") and leader_seen[1][1] == ("float", "-0.0")
