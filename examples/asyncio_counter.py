@@ -27,4 +27,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    zraft.tune_gc()  # once the program has loaded: keeps full GC passes out of the node's turns
     asyncio.run(main())
