@@ -122,6 +122,7 @@ def test_a_follower_catches_up_by_snapshot_while_the_leader_keeps_snapshotting(
             await asyncio.gather(*(leader.apply_async("put", f"big{i}", blob) for i in range(2000)))
 
         asyncio.run(fill())
+        filled = leader.status()["commit"]  # big1999 is at or below it
 
         def writer() -> None:
             i = 0
@@ -138,6 +139,10 @@ def test_a_follower_catches_up_by_snapshot_while_the_leader_keeps_snapshotting(
         deadline = time.monotonic() + 90  # 4.5 s here idle, 10.5 s with the cores busy
         while late.status()["snapshot_index"] == 0:
             assert time.monotonic() < deadline, "the snapshot transfer never finished"
+            time.sleep(0.1)
+        # the snapshot it installed may end before big1999: the entries after it follow
+        while late.status()["applied"] < filled:
+            assert time.monotonic() < deadline, "no entries applied after the snapshot"
             time.sleep(0.1)
         assert late.query("get", "big1999", consistency="local", timeout=5) == b"x" * 1000
     finally:
