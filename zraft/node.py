@@ -753,13 +753,10 @@ class Node:
             if cfg.peers:
                 self.storage.bootstrap(Membership(voters=dict(cfg.peers)))
                 self.log.info("cluster_bootstrapped", voters=sorted(cfg.peers))
-        elif (
-            cfg.peers
-            and not cfg.join
-            and not self.storage.joining()[0]
-            and self.storage.readopt_bootstrap(Membership(voters=dict(cfg.peers)))
-        ):
-            pass  # a repaired hard state had lost it (logged by the storage)
+        elif cfg.peers and not cfg.join and not self.storage.joining()[0]:
+            # a repaired hard state may have lost its bootstrap membership (the storage
+            # takes this one back only if nothing else names members, and logs it)
+            self.storage.readopt_bootstrap(Membership(voters=dict(cfg.peers)))
         elif cfg.peers:
             self.log.info("bootstrap_ignored", reason="data dir already holds state")
         self._restore_from_snapshot()

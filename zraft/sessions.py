@@ -81,7 +81,7 @@ _LIMITS_ID: Final = b""
 class _Session:
     """One client's remembered results (seq order), their digests, and its floor."""
 
-    __slots__ = ("client_id", "digests", "floor", "results", "top")
+    __slots__ = ("client_id", "digests", "floor", "results")
 
     def __init__(self, client_id: bytes) -> None:
         self.client_id = client_id
@@ -90,7 +90,6 @@ class _Session:
         #: (snapshots keep their earlier layout): a restored table trusts every seq.
         self.digests: dict[int, int] = {}
         self.floor = 0  #: the highest seq trimmed away
-        self.top = 0  #: the highest seq remembered (the last key of ``results``)
 
     def trim(self, window: int) -> None:
         results = self.results
@@ -162,18 +161,13 @@ class SessionTable:
         if digest is not None:
             session.digests[seq] = digest
         results = session.results
+        late = bool(results) and seq < next(reversed(results))
         results[seq] = result
-        if seq > session.top:
-            session.top = seq
-        else:  # rare: keep seq order, so trimming drops the lowest
+        if late:  # rare: keep seq order, so trimming drops the lowest
             ordered = sorted(results.items())
             results.clear()
             results.update(ordered)
-        if len(results) > self._limits.window:  # by one, once the window is full
-            old, _ = results.popitem(last=False)
-            session.digests.pop(old, None)
-            if old > session.floor:
-                session.floor = old
+        if len(results) > self._limits.window:
             session.trim(self._limits.window)
 
     def set_limits(self, limits: SessionLimits) -> None:
@@ -229,7 +223,6 @@ class SessionTable:
                 # window that was never trimmed is not mistaken for one): read as then
                 floor = next(iter(table)) - 1
             session.floor = floor or 0
-            session.top = next(reversed(table)) if table else 0
             self._sessions[cid] = session
 
     def results(self, client_id: bytes) -> list[tuple[int, Result]]:
